@@ -1,0 +1,247 @@
+"""The method interface and the pieces of server math that several methods share.
+
+A method is an object with paired steps (Flower's ``configure_fit`` / ``aggregate_fit``):
+``client_start`` (one ClientStart per sampled client) and ``aggregate`` (updates in, new state out).
+The driver never asks which algorithm it runs. State tensors are named ``"<module>/<factor>"``;
+the classification head is ``"head/<param>"`` and is averaged with data-size weights by every method.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from orchestrator.method_config import MethodConfig
+from orchestrator.rng import derive_seed, generator, kaiming_uniform_A
+from orchestrator.types import (
+    HEAD_PREFIX,
+    AdapterInit,
+    Aggregation,
+    ClientStart,
+    ClientUpdate,
+    Delta,
+    GlobalState,
+    InvalidClientUpdate,
+    LowRankDelta,
+    ModuleName,
+    ModuleSpec,
+    validate_update,
+)
+
+Pair = tuple[ClientStart, ClientUpdate]
+
+
+class FederatedMethod(ABC):
+    """Base class of every federated LoRA method.
+
+    Subclasses implement ``init_adapters``, ``client_start``, ``aggregate_adapters`` and ``global_delta``;
+    the head, validation and weights are handled here. ``client_ranks[i]`` is client ``i``'s LoRA rank and
+    ``global_rank`` the rank R of the global adapter.
+    """
+
+    name: ClassVar[str]
+    default_weighting: ClassVar[str] = "data"
+    weightings: ClassVar[tuple[str, ...]] = ("data", "uniform")
+    requires_homogeneous: ClassVar[bool] = False
+
+    def __init__(self, cfg: MethodConfig, modules: list[ModuleSpec], client_ranks: list[int],
+                 global_rank: int, seed: int):
+        if not modules:
+            raise ValueError("the method needs at least one target module")
+        if global_rank < 1:
+            raise ValueError(f"ranks.max_rank={global_rank} must be >= 1")
+        for cid, r in enumerate(client_ranks):
+            if not 1 <= int(r) <= global_rank:
+                raise ValueError(f"client {cid} has rank {r}; ranks must be in [1, max_rank={global_rank}]")
+        if self.requires_homogeneous and len(set(client_ranks)) > 1:
+            raise ValueError(f"method {self.name!r} needs every client at the same rank; got ranks "
+                             f"{sorted(set(client_ranks))} (use ranks.distribution='homogeneous')")
+        self.cfg = cfg
+        self.modules = {m.name: m for m in modules}
+        self.client_ranks = [int(r) for r in client_ranks]
+        self.global_rank = global_rank
+        self.seed = seed
+        self.scale = cfg.one_rank_scale(global_rank)
+        self.weighting = cfg.weighting or self.default_weighting
+        if self.weighting not in self.weightings:
+            raise ValueError(f"method.weighting={self.weighting!r} is not allowed for {self.name!r}; choose "
+                             f"one of {list(self.weightings)}")
+
+    # ---- the interface ------------------------------------------------------------------------------
+    def init_global(self, head: dict[str, Tensor] | None = None) -> GlobalState:
+        """Round-0 server state: the method's adapters plus the model's initial head."""
+        state = self.init_adapters()
+        for key, value in (head or {}).items():
+            state.tensors[HEAD_PREFIX + key] = value.detach().to(torch.float32).clone()
+        return state
+
+    @abstractmethod
+    def init_adapters(self) -> GlobalState:
+        """Round-0 adapter state (no head)."""
+
+    @abstractmethod
+    def client_start(self, state: GlobalState, client_id: int, round_idx: int) -> ClientStart:
+        """What client ``client_id`` starts round ``round_idx`` from."""
+
+    @abstractmethod
+    def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]) -> tuple[GlobalState, dict[int, float]]:
+        """New adapter state from validated (start, update) pairs, and the weight of each client."""
+
+    @abstractmethod
+    def global_delta(self, state: GlobalState) -> dict[ModuleName, Delta]:
+        """The delta on ``W0`` that the global model evaluates."""
+
+    def personal_delta(self, state: GlobalState, client_id: int) -> dict[ModuleName, Delta] | None:
+        """Deltas of client ``client_id``'s personalized model, or ``None`` for non-personalized methods."""
+        return None
+
+    def global_factors(self, state: GlobalState) -> dict[ModuleName, tuple[Tensor, Tensor]] | None:
+        """Global (B, A) factors per module, rank slots in order (for the rank-wise init noise)."""
+        return None
+
+    def client_rank(self, state: GlobalState, client_id: int) -> int:
+        """Client ``client_id``'s rank in the round that starts from ``state``."""
+        return self.client_ranks[client_id]
+
+    def aggregate(self, state: GlobalState, starts: list[ClientStart],
+                  updates: list[ClientUpdate]) -> Aggregation:
+        """Validate every update against its start, then aggregate adapters and head into a new state.
+
+        Raises :class:`InvalidClientUpdate` (naming the client) before any tensor is combined, so a bad
+        update never reaches the state. ``state`` itself is never modified.
+        """
+        pairs = pair_updates(starts, updates)
+        for start, update in pairs:
+            validate_update(start, update)
+        new_state, weights = self.aggregate_adapters(state, pairs)
+        new_state.tensors.update(aggregate_head(state, pairs))
+        return Aggregation(new_state, weights)
+
+    # ---- helpers for subclasses -----------------------------------------------------------------------
+    def start_common(self, state: GlobalState, client_id: int, round_idx: int) -> dict:
+        """ClientStart fields every method fills the same way."""
+        return dict(client_id=client_id, round=round_idx,
+                    seed=derive_seed(self.seed, "local", round_idx, client_id),
+                    rank=self.client_rank(state, client_id), head=state.head(),
+                    train_head=self.cfg.train_head)
+
+    def client_weights(self, pairs: list[Pair]) -> dict[int, float]:
+        """Aggregation weights over the round's clients: ``n_i / sum n`` (data) or ``1 / v`` (uniform)."""
+        return client_weights(pairs, self.weighting)
+
+    def fresh_A(self, rank: int, module: ModuleName, *labels: object) -> Tensor:
+        """PEFT-style ``A: (r, k)`` from the stream (seed, labels..., module)."""
+        return kaiming_uniform_A(rank, self.modules[module].k_in, generator(self.seed, *labels, module))
+
+    def init_factors(self, rank: int) -> dict[str, Tensor]:
+        """``A`` Kaiming-uniform (seeded per module), ``B = 0``: the standard LoRA init, once, on the server."""
+        tensors: dict[str, Tensor] = {}
+        for name, spec in self.modules.items():
+            tensors[f"{name}/A"] = self.fresh_A(rank, name, "init")
+            tensors[f"{name}/B"] = torch.zeros(spec.d_out, rank)
+        return tensors
+
+    def factors(self, state: GlobalState, module: ModuleName) -> tuple[Tensor, Tensor]:
+        return state.tensors[f"{module}/B"], state.tensors[f"{module}/A"]
+
+    def slot_adapter(self, state: GlobalState, module: ModuleName, slots: list[int],
+                     train_A: bool = True, train_B: bool = True) -> AdapterInit:
+        """An adapter whose rank ``i`` starts as a copy of global slot ``slots[i]``."""
+        B, A = self.factors(state, module)
+        idx = torch.tensor(slots, dtype=torch.long)
+        return AdapterInit(B.index_select(1, idx), A.index_select(0, idx), self.scale, train_A, train_B,
+                           tuple(slots))
+
+    def low_rank_global(self, state: GlobalState) -> dict[ModuleName, Delta]:
+        return {m: LowRankDelta(*self.factors(state, m), self.scale) for m in self.modules}
+
+
+def pair_updates(starts: list[ClientStart], updates: list[ClientUpdate]) -> list[Pair]:
+    """Match updates to starts by client id (sorted by client id, so the order of arrival never matters)."""
+    if not updates:
+        raise ValueError("aggregate needs at least one client update; zero clients were sampled or all failed")
+    by_id = {s.client_id: s for s in starts}
+    if len(by_id) != len(starts):
+        raise ValueError("two ClientStarts for the same client in one round")
+    seen: set[int] = set()
+    for u in updates:
+        if u.client_id not in by_id:
+            raise InvalidClientUpdate(u.client_id, "sent an update but was not started this round")
+        if u.client_id in seen:
+            raise InvalidClientUpdate(u.client_id, "sent two updates in one round")
+        seen.add(u.client_id)
+    return [(by_id[u.client_id], u) for u in sorted(updates, key=lambda u: u.client_id)]
+
+
+def client_weights(pairs: list[Pair], weighting: str) -> dict[int, float]:
+    """``n_i / sum_j n_j`` for ``"data"``; ``1 / v`` for ``"uniform"``."""
+    if weighting == "uniform":
+        return {s.client_id: 1.0 / len(pairs) for s, _ in pairs}
+    total = sum(u.n_examples for _, u in pairs)
+    if total <= 0:
+        raise ValueError("data-size weighting needs at least one example among the round's clients")
+    return {s.client_id: u.n_examples / total for s, u in pairs}
+
+
+def aggregate_head(state: GlobalState, pairs: list[Pair]) -> dict[str, Tensor]:
+    """Data-size weighted mean of the heads of the clients that trained theirs; unchanged otherwise."""
+    trained = [(s, u) for s, u in pairs if s.train_head and u.head]
+    if not trained:
+        return {}
+    weights = client_weights(trained, "data")
+    out: dict[str, Tensor] = {}
+    for key in trained[0][1].head:  # type: ignore[union-attr]
+        acc = torch.zeros_like(trained[0][1].head[key], dtype=torch.float64)  # type: ignore[index]
+        for s, u in trained:
+            acc.add_(u.head[key].to(torch.float64), alpha=weights[s.client_id])  # type: ignore[index]
+        out[HEAD_PREFIX + key] = acc.to(torch.float32)
+    return out
+
+
+def slot_average(old: Tensor, dim: int, uploads: list[tuple[list[int], Tensor, float]]) -> Tensor:
+    """Per-slot weighted mean along ``dim`` over the uploads that hold each slot.
+
+    ``uploads``: ``(slots, values, weight)`` where ``values`` has ``len(slots)`` entries along ``dim``.
+    Slot ``j`` becomes ``sum_{i: j in slots_i} w_i v_ij / sum_{i: j in slots_i} w_i``; a slot that no
+    upload holds keeps its ``old`` value (Fed-PLoRA's |Q_j| = 0 case, DESIGN.md section 3). Sums run in
+    float64 in a fixed (client-id) order.
+    """
+    acc = torch.zeros_like(old, dtype=torch.float64)
+    wsum = torch.zeros(old.shape[dim], dtype=torch.float64)
+    for slots, values, weight in uploads:
+        idx = torch.tensor(slots, dtype=torch.long)
+        acc.index_add_(dim, idx, values.to(torch.float64), alpha=weight)
+        wsum.index_add_(0, idx, torch.full((len(slots),), float(weight), dtype=torch.float64))
+    held = wsum > 0
+    shape = [1] * old.dim()
+    shape[dim] = -1
+    mean = acc / wsum.clamp_min(1e-300).view(shape)
+    return torch.where(held.view(shape), mean, old.to(torch.float64)).to(old.dtype)
+
+
+def padded_sum(old: Tensor, dim: int, uploads: list[tuple[list[int], Tensor, float]]) -> Tensor:
+    """Zero-padded weighted sum along ``dim``: slot ``j`` becomes ``sum_{i: j in slots_i} w_i v_ij``.
+
+    This is HETLoRA's aggregation (pad every client to rank R with zeros, then weighted-average with
+    weights summing to 1 over all clients). Slots that no upload holds keep their ``old`` value.
+    """
+    acc = torch.zeros_like(old, dtype=torch.float64)
+    held = torch.zeros(old.shape[dim], dtype=torch.bool)
+    for slots, values, weight in uploads:
+        idx = torch.tensor(slots, dtype=torch.long)
+        acc.index_add_(dim, idx, values.to(torch.float64), alpha=weight)
+        held[idx] = True
+    shape = [1] * old.dim()
+    shape[dim] = -1
+    return torch.where(held.view(shape), acc, old.to(torch.float64)).to(old.dtype)
+
+
+def main_slots(start: ClientStart, module: ModuleName, adapter: str = "main") -> list[int]:
+    """The global slots of the client's adapter ranks (every rank must map to a slot)."""
+    slots = start.adapters[adapter][module].slots
+    if any(s is None for s in slots):
+        raise ValueError(f"adapter {adapter!r} on {module} has fresh ranks; no slot to write back to")
+    return list(slots)  # type: ignore[arg-type]

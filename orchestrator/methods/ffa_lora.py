@@ -1,0 +1,42 @@
+"""FFA-LoRA: federated freeze-A LoRA (Sun, Li, Li, Ding; ICLR 2024, arXiv 2403.12313).
+
+``A`` is a shared random init (the server's seeded Kaiming-uniform draw) and stays frozen forever; only
+``B`` is trained and averaged: ``B = sum_i p_i B_i`` (data-size weights by default), so
+``s B A = sum_i p_i s B_i A`` is exact. Heterogeneous ranks: client i holds the first ``r_i`` slots
+(truncation); slot ``j`` of B is averaged over the clients that hold it, and untouched slots keep
+their value. Used in the Fed-PLoRA paper's homogeneous comparison (Fig. 3).
+"""
+
+from __future__ import annotations
+
+from orchestrator.methods.base import FederatedMethod, Pair
+from orchestrator.methods.fedit import average_slots
+from orchestrator.methods.registry import register
+from orchestrator.types import ClientStart, GlobalState
+
+
+@register
+class FFALoRA(FederatedMethod):
+    """Frozen shared A, averaged B."""
+
+    name = "ffa_lora"
+    default_weighting = "data"
+
+    def init_adapters(self) -> GlobalState:
+        return GlobalState(self.init_factors(self.global_rank))
+
+    def client_start(self, state: GlobalState, client_id: int, round_idx: int) -> ClientStart:
+        common = self.start_common(state, client_id, round_idx)
+        slots = list(range(common["rank"]))
+        adapters = {m: self.slot_adapter(state, m, slots, train_A=False) for m in self.modules}
+        return ClientStart(fold={}, adapters={"main": adapters}, **common)
+
+    def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]):
+        weights = self.client_weights(pairs)
+        return average_slots(self, state, pairs, weights, average_A=False), weights
+
+    def global_delta(self, state):
+        return self.low_rank_global(state)
+
+    def global_factors(self, state):
+        return {m: self.factors(state, m) for m in self.modules}

@@ -1,0 +1,66 @@
+"""FlexLoRA: SVD redistribution of the full-size aggregate (Bai et al., NeurIPS 2024, arXiv 2402.11505).
+
+The server keeps ``dW_g = sum_i p_i s B_i A_i`` (data-size weights by default; the official code) and
+hands client i of rank r the best rank-r approximation (Eckart-Young): ``B = U_r S_r / s``,
+``A = V_r^T`` -- all singular values in B, as the official ``distribute_weight_fast``. ``W0`` is never
+modified, and the evaluated model is ``W0 + dW_g`` (dense, as the official code saves it).
+
+``dW_g`` is stored exactly as its SVD factors ``(U S / s, V^T)`` of rank ``q <= sum_i r_i``, computed from
+the stacked client factors by :func:`orchestrator.linalg.factored_svd` (no dense d x k SVD). Before the
+first aggregation the state is the standard LoRA init of rank R (A random, B = 0). When ``dW_g`` has fewer
+components than a client's rank, the extra ranks start fresh (A Kaiming-uniform, B = 0), so they can learn.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from orchestrator.linalg import factored_svd
+from orchestrator.methods.base import FederatedMethod, Pair
+from orchestrator.methods.registry import register
+from orchestrator.types import AdapterInit, ClientStart, GlobalState
+
+
+@register
+class FlexLoRA(FederatedMethod):
+    """Weighted sum of products, redistributed by truncated SVD."""
+
+    name = "flexlora"
+    default_weighting = "data"
+
+    def init_adapters(self) -> GlobalState:
+        return GlobalState(self.init_factors(self.global_rank))
+
+    def client_start(self, state: GlobalState, client_id: int, round_idx: int) -> ClientStart:
+        common = self.start_common(state, client_id, round_idx)
+        r = common["rank"]
+        adapters = {}
+        for m in self.modules:
+            B, A = self.factors(state, m)
+            held = min(r, A.shape[0])
+            init = self.slot_adapter(state, m, list(range(held)))
+            if held < r:
+                extra = r - held
+                A_new = self.fresh_A(extra, m, "fresh", round_idx, client_id)
+                init = AdapterInit(torch.cat([init.B, torch.zeros(B.shape[0], extra)], 1),
+                                   torch.cat([init.A, A_new], 0), self.scale,
+                                   slots=init.slots + (None,) * extra)
+            adapters[m] = init
+        return ClientStart(fold={}, adapters={"main": adapters}, **common)
+
+    def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]):
+        weights = self.client_weights(pairs)
+        new = state.copy()
+        for m in self.modules:
+            Bs = torch.cat([u.adapters["main"][m][0].double() * weights[s.client_id] for s, u in pairs], 1)
+            As = torch.cat([u.adapters["main"][m][1].double() for _, u in pairs], 0)
+            U, S, Vh = factored_svd(Bs, As)  # s * Bs @ As = dW_g; keep the scale outside the factors
+            new.tensors[f"{m}/B"] = (U * S).to(torch.float32)
+            new.tensors[f"{m}/A"] = Vh.to(torch.float32).contiguous()
+        return new, weights
+
+    def global_delta(self, state):
+        return self.low_rank_global(state)
+
+    def global_factors(self, state):
+        return {m: self.factors(state, m) for m in self.modules}

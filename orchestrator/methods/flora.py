@@ -1,0 +1,69 @@
+"""FLoRA: stacking-based heterogeneous federated LoRA (Wang et al., NeurIPS 2024, arXiv 2409.05976).
+
+Every round each client trains a *fresh* rank-``r_i`` adapter (A Kaiming-uniform from the stream
+(seed, round, client, module), B = 0) on top of the current merged global weights
+``W0 + dW`` (the fold is the dense ``dW``; O(dk) downlink). The server stacks the updates,
+``B_stack = [B_1 ... B_v]``, ``A_stack = [p_1 A_1; ...; p_v A_v]`` (weights on A, as in the official
+code), so ``s B_stack A_stack = sum_i p_i s B_i A_i`` exactly, and merges: ``dW <- dW + s B_stack A_stack``.
+Weights: ``data`` (official code, default) or ``uniform`` (the Fed-PLoRA paper's 1/v).
+The last stacked factors are kept as FLoRA's "global factors" for the rank-wise initialization noise
+(the paper's ``sum_i (||A^{t-1}|| + ||B^{t-1}||) + sigma^2``, sec. 3.4).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from orchestrator.methods.base import FederatedMethod, Pair
+from orchestrator.methods.registry import register
+from orchestrator.types import AdapterInit, ClientStart, DenseDelta, GlobalState
+
+
+@register
+class FLoRA(FederatedMethod):
+    """Fresh adapters on merged dense weights; exact stacked aggregation."""
+
+    name = "flora"
+    default_weighting = "data"
+
+    def init_adapters(self) -> GlobalState:
+        return GlobalState({f"{m}/dW": torch.zeros(s.d_out, s.k_in) for m, s in self.modules.items()})
+
+    def client_start(self, state: GlobalState, client_id: int, round_idx: int) -> ClientStart:
+        common = self.start_common(state, client_id, round_idx)
+        r = common["rank"]
+        adapters, fold = {}, {}
+        for m, spec in self.modules.items():
+            A = self.fresh_A(r, m, "fresh", round_idx, client_id)
+            adapters[m] = AdapterInit(torch.zeros(spec.d_out, r), A, self.scale, slots=(None,) * r)
+            fold[m] = DenseDelta(state.tensors[f"{m}/dW"])
+        return ClientStart(fold=fold, adapters={"main": adapters}, **common)
+
+    def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]):
+        weights = self.client_weights(pairs)
+        new = state.copy()
+        for m in self.modules:
+            B_stack, A_stack = stack_factors(pairs, m, weights)
+            new.tensors[f"{m}/B_stack"] = B_stack.to(torch.float32)
+            new.tensors[f"{m}/A_stack"] = A_stack.to(torch.float32)
+            dW = state.tensors[f"{m}/dW"].to(torch.float64) + (B_stack @ A_stack) * self.scale
+            new.tensors[f"{m}/dW"] = dW.to(torch.float32)
+        return new, weights
+
+    def global_delta(self, state):
+        return {m: DenseDelta(state.tensors[f"{m}/dW"]) for m in self.modules}
+
+    def global_factors(self, state):
+        if f"{next(iter(self.modules))}/B_stack" not in state.tensors:
+            return None
+        return {m: (state.tensors[f"{m}/B_stack"], state.tensors[f"{m}/A_stack"]) for m in self.modules}
+
+
+def stack_factors(pairs: list[Pair], module: str, weights: dict[int, float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``B_stack: (d, sum r)`` and ``A_stack: (sum r, k)`` with ``p_i`` on A, in client-id order (float64)."""
+    Bs, As = [], []
+    for start, update in pairs:
+        B, A = update.adapters["main"][module]
+        Bs.append(B.to(torch.float64))
+        As.append(A.to(torch.float64) * weights[start.client_id])
+    return torch.cat(Bs, dim=1), torch.cat(As, dim=0)

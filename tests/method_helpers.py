@@ -1,0 +1,53 @@
+"""Small synthetic setups for the driver-side method math (no model, no Ray)."""
+
+from __future__ import annotations
+
+import torch
+
+from orchestrator.method_config import MethodConfig
+from orchestrator.methods import build_method
+from orchestrator.types import ClientStart, ClientUpdate, GlobalState, ModuleSpec
+
+MODULES = [ModuleSpec("layer0.q", 6, 5), ModuleSpec("layer0.v", 4, 5), ModuleSpec("layer1.q", 6, 5)]
+
+
+def make(name: str, ranks: list[int], R: int = 4, seed: int = 0, modules=MODULES, **cfg):
+    return build_method(MethodConfig(name=name, **cfg), modules, ranks, R, seed)
+
+
+def trained(start: ClientStart, step: float = 0.1, n_examples: int | None = None) -> ClientUpdate:
+    """A deterministic stand-in for local training: every trainable factor moves by a seeded perturbation."""
+    g = torch.Generator().manual_seed(start.seed)
+    adapters = {}
+    for name, per_module in start.adapters.items():
+        adapters[name] = {}
+        for m, init in per_module.items():
+            B = init.B + step * torch.randn(init.B.shape, generator=g) if init.train_B else init.B.clone()
+            A = init.A + step * torch.randn(init.A.shape, generator=g) if init.train_A else init.A.clone()
+            adapters[name][m] = (B, A)
+    head = {k: v + step for k, v in start.head.items()} if start.head else None
+    n = n_examples if n_examples is not None else 10 + start.client_id
+    return ClientUpdate(start.client_id, start.round, adapters, n, 1.0, head, upload=start.upload)
+
+
+def run_rounds(method, clients_per_round: list[list[int]], state: GlobalState | None = None,
+               head=None):
+    """Run rounds of start -> synthetic training -> aggregate; returns the final state and last round."""
+    state = state or method.init_global(head)
+    last = None
+    for t, clients in enumerate(clients_per_round):
+        starts = [method.client_start(state, c, t) for c in clients]
+        updates = [trained(s) for s in starts]
+        agg = method.aggregate(state, starts, updates)
+        last = (state, starts, updates, agg)
+        state = agg.state
+    return state, last
+
+
+def random_state(method, seed: int = 1) -> GlobalState:
+    """A state with non-zero B (so nothing passes by accident)."""
+    state = method.init_global()
+    g = torch.Generator().manual_seed(seed)
+    for k, v in list(state.tensors.items()):
+        state.tensors[k] = torch.randn(v.shape, generator=g)
+    return state
