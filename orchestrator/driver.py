@@ -1,0 +1,227 @@
+"""The driver: global state, client sampling, the round loop, aggregation, metrics, evaluation.
+
+One :class:`Driver` owns one federated experiment: the method object (pure math), its global state,
+the persistent per-client state inside it, and a :class:`WorkerPool` of ClientWorker actors. A whole
+round is one call (:meth:`Driver.run_round`), so the one-run CLI and a Tune trial can report and
+checkpoint after each. The driver never branches on the method's name. Run it in-process or as a Ray
+actor (:data:`DriverActor`).
+
+Round ``t`` (0-based): sample ``floor(participation * N)`` clients uniformly without replacement from the
+stream (seed, "sample", t); build their ClientStarts; run them on free workers as workers free up;
+aggregate (updates in client-id order, so completion order never matters); measure noise and bytes;
+evaluate every ``eval_every`` rounds and after the last round.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import ray
+import torch
+
+from orchestrator.config import RunConfig
+from orchestrator.methods import FederatedMethod, build_method
+from orchestrator.metrics import (
+    aggregation_noise,
+    fedplora_rankwise_noise,
+    init_noise_function,
+    init_noise_param,
+    module_cosine_similarity,
+    round_bytes,
+)
+from orchestrator.pool import Job, WorkerPool
+from orchestrator.ranks import assign_ranks
+from orchestrator.rng import generator
+from orchestrator.types import ClientStart, ClientUpdate, GlobalState
+from workers.actor import make_worker
+from workers.resources import resolve_resources
+
+
+class WorkerStartupError(RuntimeError):
+    """A worker could not start (bad model, data file, column...): carries the worker's own message."""
+
+
+class Driver:
+    """Holds the global state of one run and performs its rounds on a pool of client workers."""
+
+    def __init__(self, cfg: RunConfig, cluster_resources: dict[str, float] | None = None,
+                 worker_options: dict[str, Any] | None = None):
+        self.cfg = cfg
+        resources = resolve_resources(cfg.resources, cluster_resources or ray.cluster_resources())
+        options = dict(worker_options or {})
+
+        def factory(index: int):
+            return make_worker(resources, cfg.model, cfg.data, cfg.train, cfg.seed, **options)
+
+        self.pool = WorkerPool(factory, resources.num_workers)
+        first = self.pool.workers[0]
+        try:
+            specs, head, sizes, info, partition = ray.get([
+                first.module_specs.remote(), first.initial_head.remote(), first.client_num_examples.remote(),
+                first.data_info.remote(), first.partition_summary.remote()])
+            self.pool.call_all("ping")
+        except ray.exceptions.RayActorError as err:
+            self.pool.shutdown()
+            raise WorkerStartupError(startup_message(err)) from None
+        self.modules = specs
+        self.data_info = info
+        self.partition = partition
+        self.client_sizes = {int(k): int(v) for k, v in sizes.items()}
+        self.num_clients = int(info["num_clients"])
+        self.client_ranks = assign_ranks(cfg.ranks, self.num_clients, cfg.seed)
+        self.method: FederatedMethod = build_method(cfg.method, specs, self.client_ranks, cfg.ranks.max_rank,
+                                                    cfg.seed)
+        self.state: GlobalState = self.method.init_global(head if cfg.method.train_head or head else None)
+        self.round = 0
+        self.similarity_module = self._similarity_module()
+
+    # ---------------------------------------------------------------------------------------------- state
+    def describe(self) -> dict[str, Any]:
+        """What the run is: modules, client ranks and sizes, partition summary, data info."""
+        return {"modules": [(m.name, m.d_out, m.k_in) for m in self.modules], "client_ranks": self.client_ranks,
+                "client_sizes": self.client_sizes, "partition": self.partition, "data": self.data_info,
+                "num_workers": len(self.pool)}
+
+    def get_state(self) -> tuple[GlobalState, int]:
+        """The global state and the number of completed rounds (for checkpoints)."""
+        return self.state, self.round
+
+    def set_state(self, state: GlobalState, completed_rounds: int) -> None:
+        """Resume from a checkpoint: the state after ``completed_rounds`` rounds."""
+        self.state, self.round = state, int(completed_rounds)
+
+    def sample_clients(self, round_idx: int) -> list[int]:
+        """``floor(participation * N)`` distinct clients from the stream (seed, "sample", round), sorted."""
+        perm = torch.randperm(self.num_clients, generator=generator(self.cfg.seed, "sample", round_idx))
+        return sorted(perm[: self.cfg.clients_per_round].tolist())
+
+    # ---------------------------------------------------------------------------------------------- round
+    def run_round(self) -> dict[str, Any]:
+        """Run the next round; returns its record (``round`` is 1-based) with per-client rows."""
+        t, cfg = self.round, self.cfg
+        t_start = time.perf_counter()
+        clients = self.sample_clients(t)
+        starts = [self.method.client_start(self.state, c, t) for c in clients]
+        t_starts = time.perf_counter() - t_start
+
+        jobs = [Job("train", (s,), f"client {s.client_id} in round {t + 1}") for s in starts]
+        t0 = time.perf_counter()
+        results = self.pool.run(jobs)
+        t_train = time.perf_counter() - t0
+        updates: list[ClientUpdate] = [r.value for r in results]
+
+        t0 = time.perf_counter()
+        agg = self.method.aggregate(self.state, starts, updates)
+        t_aggregate = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        record: dict[str, Any] = {"round": t + 1, "method": cfg.method.name, "clients": len(clients)}
+        record.update(self._noise(starts, updates, agg.weights, agg.state) if cfg.metrics.noise else {})
+        down, up = round_bytes(starts, updates)
+        record.update(bytes_down=down, bytes_up=up)
+        similarity = self._similarity(starts, updates)
+        t_metrics = time.perf_counter() - t0
+
+        self.state = agg.state
+        self.round = t + 1
+        t0 = time.perf_counter()
+        if self.round % cfg.eval_every == 0 or self.round == cfg.rounds:
+            record.update(self.evaluate())
+        t_eval = time.perf_counter() - t0
+
+        n_total = sum(u.n_examples for u in updates)
+        record["train_loss"] = (sum(u.train_loss * u.n_examples for u in updates) / n_total
+                                if n_total else float("nan"))
+        compute = [u.compute_seconds for u in updates]
+        record.update(
+            mean_rank=sum(s.rank for s in starts) / len(starts),
+            t_client_compute_sum=sum(compute), t_client_compute_max=max(compute), t_train_wall=t_train,
+            t_client_starts=t_starts, t_aggregate=t_aggregate, t_metrics=t_metrics, t_eval=t_eval,
+            t_round=time.perf_counter() - t_start, worker_restarts=sum(r.restarts for r in results))
+        record["client_rows"] = [
+            {"round": t + 1, "client": u.client_id, "rank": s.rank, "n_examples": u.n_examples,
+             "train_loss": u.train_loss, "steps": u.steps, "compute_seconds": u.compute_seconds,
+             "weight": agg.weights[u.client_id], "restarts": r.restarts}
+            for s, u, r in zip(starts, updates, results)]
+        if similarity is not None:
+            record["similarity"] = similarity
+        return record
+
+    def evaluate(self) -> dict[str, float]:
+        """Global model on the global test set; personalized models (if any) on their clients' test splits."""
+        deltas, head = self.method.global_delta(self.state), self.state.head()
+        jobs = [Job("evaluate", (deltas, head, None), "evaluation of the global model")]
+        personal_ids: list[int] = []
+        if self.cfg.eval_personal:
+            for c in range(self.num_clients):
+                personal = self.method.personal_delta(self.state, c)
+                if personal is not None:
+                    personal_ids.append(c)
+                    jobs.append(Job("evaluate", (personal, head, c), f"personalized evaluation of client {c}"))
+        results = [r.value for r in self.pool.run(jobs)]
+        renamed = {"loss": "eval_loss", "n_examples": "eval_examples"}
+        out = {renamed.get(k, k): v for k, v in results[0].items()}
+        if personal_ids:
+            for key in (k for k in results[1] if k != "n_examples"):
+                values = [r[key] for r in results[1:]]
+                out[f"personal_{key}"] = sum(values) / len(values)
+            out["personal_clients"] = len(personal_ids)
+        return out
+
+    # -------------------------------------------------------------------------------------------- metrics
+    def _noise(self, starts: list[ClientStart], updates: list[ClientUpdate], weights: dict[int, float],
+               new_state: GlobalState) -> dict[str, float]:
+        glob, factors = self.method.global_delta(self.state), self.method.global_factors(self.state)
+        out = {"init_noise_fn": sum(init_noise_function(glob, s) for s in starts)}
+        params = [init_noise_param(factors, s) for s in starts]
+        out["init_noise_param"] = float("nan") if None in params else sum(params)  # type: ignore[arg-type]
+        out["agg_noise"] = aggregation_noise(self.method.global_delta(new_state), starts, updates, weights)
+        if all("main" in s.adapters and all(None not in a.slots for a in s.adapters["main"].values())
+               for s in starts) and self.cfg.method.name == "fedplora":
+            out["agg_noise_rankwise"] = fedplora_rankwise_noise(starts, updates)
+        return out
+
+    def _similarity_module(self) -> str | None:
+        name = self.cfg.metrics.similarity_module
+        if name is None:
+            return None
+        names = [m.name for m in self.modules]
+        if name == "":
+            return names[0]
+        matches = [n for n in names if n == name or n.endswith("." + name)]
+        if not matches:
+            raise ValueError(f"metrics.similarity_module={name!r} is not a target module; choose one of "
+                             f"{names[:6]}{'...' if len(names) > 6 else ''}")
+        return matches[0]
+
+    def _similarity(self, starts: list[ClientStart], updates: list[ClientUpdate]) -> list[list[float]] | None:
+        m = self.similarity_module
+        if m is None or not all("main" in s.adapters and m in s.adapters["main"] for s in starts):
+            return None
+        if any(None in s.adapters["main"][m].slots or not s.adapters["main"][m].slots for s in starts):
+            return None
+        rank = max(max(s.adapters["main"][m].slots) for s in starts) + 1  # type: ignore[type-var]
+        rank = max(rank, self.method.global_rank)
+        return module_cosine_similarity(starts, updates, m, rank).tolist()
+
+    def export_global(self) -> dict[str, bytes]:
+        """The global model as PEFT adapter files (built by a worker, which has the base model)."""
+        return self.pool.call_one("export_adapter", self.method.global_delta(self.state), self.state.head())
+
+    def shutdown(self) -> None:
+        """Stop the worker actors."""
+        self.pool.shutdown()
+
+
+DriverActor = ray.remote(num_cpus=0)(Driver)
+
+
+def startup_message(err: BaseException) -> str:
+    """The worker's own error message out of a Ray actor-creation failure (no Ray stack dump)."""
+    text = str(err)
+    for marker in ("ValueError: ", "FileNotFoundError: ", "KeyError: ", "OSError: ", "RuntimeError: "):
+        if marker in text:
+            tail = text.rsplit(marker, 1)[1].strip()
+            return f"a client worker failed to start: {marker.rstrip(': ')}: {tail.splitlines()[0]}"
+    return f"a client worker failed to start: {text.strip().splitlines()[-1] if text.strip() else err!r}"

@@ -1,0 +1,160 @@
+"""The driver and one federated run on Ray: determinism, fault tolerance, resume, outputs, bad input."""
+
+import json
+import os
+import threading
+import time
+
+import pandas as pd
+import pytest
+import ray
+import torch
+from safetensors.torch import load_file
+
+from orchestrator.config import load_config
+from orchestrator.driver import Driver, WorkerStartupError
+from orchestrator.pool import ClientJobError
+from orchestrator.run import main, run
+
+pytestmark = pytest.mark.slow
+
+SMOKE = "configs/tiny_llama_smoke.yaml"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def ray_session():
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    if not ray.is_initialized():
+        ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def smoke(*overrides, rounds=3):
+    return load_config(SMOKE, [f"rounds={rounds}", *overrides])
+
+
+def run_quiet(cfg, out, **kw):
+    return run(cfg, out, log=lambda _: None, **kw)
+
+
+def final_state(out):
+    return load_file(str(out / "checkpoint" / "state.safetensors"))
+
+
+def metrics_frame(out):
+    frame = pd.read_csv(out / "rounds.csv")
+    return frame.drop(columns=[c for c in frame.columns if c.startswith("t_")])
+
+
+def assert_same_run(a, b):
+    sa, sb = final_state(a), final_state(b)
+    assert sa.keys() == sb.keys()
+    for k in sa:
+        assert torch.equal(sa[k], sb[k]), k
+    pd.testing.assert_frame_equal(metrics_frame(a), metrics_frame(b))
+    ca, cb = (pd.read_csv(x / "clients.csv").drop(columns=["compute_seconds", "restarts"]) for x in (a, b))
+    pd.testing.assert_frame_equal(ca, cb)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """One uninterrupted 3-round run with 2 workers: the reference the other runs must equal."""
+    out = tmp_path_factory.mktemp("ref") / "run"
+    summary = run_quiet(smoke(), out)
+    return out, summary
+
+
+def test_one_run_writes_every_output(reference):
+    out, summary = reference
+    for name in ("config.yaml", "rounds.csv", "clients.csv", "partition.csv", "summary.json", "similarity.csv"):
+        assert (out / name).is_file(), name
+    rounds = pd.read_csv(out / "rounds.csv")
+    assert list(rounds["round"]) == [1, 2, 3]
+    assert (rounds["init_noise_fn"] < 1e-5).all()  # Fed-PLoRA: zero initialization noise
+    assert {"rouge_l", "bytes_down", "bytes_up", "agg_noise", "train_loss"} <= set(rounds.columns)
+    clients = pd.read_csv(out / "clients.csv")
+    assert len(clients) == 3 * 3 and set(clients["rank"]) <= {1, 2, 4}
+    assert summary["rounds"] == 3 and json.loads((out / "summary.json").read_text())["method"] == "fedplora"
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert cfg["r"] == 4 and (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("workers", [1, 4])
+def test_same_result_for_1_2_4_workers(reference, tmp_path, workers):
+    out = tmp_path / f"w{workers}"
+    run_quiet(smoke(f"resources.num_workers={workers}"), out)
+    assert_same_run(reference[0], out)
+
+
+def test_killed_worker_is_replaced_and_result_unchanged():
+    cfg = smoke("train.local_steps=40", rounds=2)
+    clean = Driver(cfg)
+    for _ in range(cfg.rounds):
+        clean.run_round()
+    ref = clean.get_state()[0].tensors
+    clean.shutdown()
+    driver = Driver(cfg)
+    killed = []
+
+    def kill_one():  # kill a worker while round 1's jobs run
+        time.sleep(0.3)
+        victim = driver.pool.workers[0]
+        ray.kill(victim, no_restart=True)
+        killed.append(victim)
+
+    records = []
+    killer = threading.Thread(target=kill_one)
+    killer.start()
+    records.append(driver.run_round())
+    killer.join()
+    while driver.round < cfg.rounds:
+        records.append(driver.run_round())
+    assert killed and driver.pool.replaced >= 1
+    state, _ = driver.get_state()
+    for k, v in state.tensors.items():
+        assert torch.equal(v, ref[k]), k
+    driver.shutdown()
+
+
+def test_resume_after_kill_equals_uninterrupted(reference, tmp_path):
+    part = tmp_path / "part"
+    run_quiet(smoke(rounds=2), part)  # a run stopped after round 2 ...
+    assert main(["--resume", str(part), "--set", "rounds=3"]) == 0  # ... continued to round 3
+    assert_same_run(reference[0], part)
+
+
+def test_client_job_failure_names_the_client(tmp_path):
+    driver = Driver(smoke())
+    start = driver.method.client_start(driver.state, 0, 0)
+    bad = type(start)(**{**start.__dict__, "client_id": 99})
+    from orchestrator.pool import Job
+
+    with pytest.raises(ClientJobError, match=r"client 99 in round 1 failed: ValueError: client_id=99 is out of range"):
+        driver.pool.run([Job("train", (bad,), "client 99 in round 1")])
+    driver.shutdown()
+
+
+@pytest.mark.parametrize("override, match", [
+    ("model.name=/no/such/model", "model.name"),
+    ("model.target_modules=[k_proj_missing]", "k_proj_missing"),
+])
+def test_bad_worker_input_fails_fast_with_the_workers_message(override, match):
+    with pytest.raises(WorkerStartupError, match=match):
+        Driver(smoke(override))
+
+
+def test_gpus_requested_but_absent_fail_before_any_actor():
+    t0 = time.perf_counter()
+    with pytest.raises(ValueError, match="resources.device='cuda' but the Ray cluster has no GPUs"):
+        Driver(smoke("resources.device=cuda"))
+    assert time.perf_counter() - t0 < 5
+
+
+def test_cli_refuses_bad_input_before_work(tmp_path, capsys):
+    assert main(["--config", SMOKE, "--out", str(tmp_path / "x"), "--set", "method.nmae=flora"]) == 2
+    assert "did you mean 'method.name'" in capsys.readouterr().err
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "config.yaml").write_text("rounds: 1\n")
+    assert main(["--config", SMOKE, "--out", str(tmp_path / "busy")]) == 2
+    assert "--overwrite" in capsys.readouterr().err

@@ -1,0 +1,138 @@
+"""The ClientWorker: a Ray actor holding one resident base model and the federated data of a run.
+
+A worker builds its :class:`LocalTrainer` and the federated split once (deterministic from the run
+seed, so every worker of a run holds the same partition) and then runs any client's job on demand. Raw
+examples never leave the worker: its methods return module specs, counts, metrics and ClientUpdates
+(adapter/head tensors only). The class is plain Python (usable in-process); :func:`make_worker` turns
+it into a Ray actor with explicit CPU/GPU options.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import socket
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from orchestrator.types import ClientStart, ClientUpdate, Delta, ModuleSpec
+from workers.data_config import DataConfig
+from workers.evaluation import evaluate
+from workers.local_training import LocalTrainer
+from workers.models import ModelConfig, head_state, load_model
+from workers.partition import FederatedData, load_federated
+from workers.partition import partition_summary as _partition_summary
+from workers.resources import ResourceConfig, WorkerResources, resolve_resources
+from workers.train_config import TrainConfig
+
+
+class ClientWorker:
+    """Runs client jobs (local training, evaluation) on a resident model; see the module docstring.
+
+    ``data``: a prebuilt split to use instead of loading ``data_cfg`` (tests, in-process runs).
+    """
+
+    def __init__(self, model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, seed: int,
+                 num_threads: int = 1, data: FederatedData | None = None):
+        torch.set_num_threads(max(1, int(num_threads)))
+        self.seed = int(seed)
+        self.model_cfg = model_cfg
+        self.data = data if data is not None else load_federated(data_cfg, self.seed)
+        self.num_labels = self.data.num_labels if self.data.task == "classification" else None
+        loaded = load_model(model_cfg, self.data.task, self.num_labels, self.seed)
+        self.trainer = LocalTrainer(loaded, train_cfg, data_cfg.max_length, _assigned_device())
+
+    def ping(self) -> dict[str, Any]:
+        """Where this worker runs: pid, host, Ray GPU ids, torch device and threads."""
+        return {"pid": os.getpid(), "host": socket.gethostname(), "gpu_ids": _ray_gpu_ids(),
+                "device": str(self.trainer.device), "torch_threads": torch.get_num_threads()}
+
+    def module_specs(self) -> list[ModuleSpec]:
+        """``ModuleSpec(name, d_out, k_in)`` of every target module (the keys of per-module dicts)."""
+        return [ModuleSpec(m, d, k) for m, (d, k) in self.trainer.shapes().items()]
+
+    def initial_head(self) -> dict[str, Tensor] | None:
+        """The seeded initial classification head (identical on every worker), ``None`` for causal LM."""
+        return head_state(self.trainer.loaded) or None
+
+    def client_num_examples(self) -> dict[int, int]:
+        """Number of local train examples of every client (the usual aggregation weights)."""
+        return {c.client: len(c.train) for c in self.data.clients}
+
+    def partition_summary(self) -> list[dict[str, Any]]:
+        """One record per client: ``client``, ``n_train``, ``n_test`` and per-label train counts."""
+        return _partition_summary(self.data).to_dict("records")
+
+    def data_info(self) -> dict[str, Any]:
+        """Task, number of labels and clients, size of the global test set (counts only)."""
+        return {"task": self.data.task, "num_labels": self.data.num_labels, "label_names": self.data.label_names,
+                "num_clients": self.data.num_clients, "global_test_size": len(self.data.global_test)}
+
+    def train(self, start: ClientStart) -> ClientUpdate:
+        """Run ``start`` on its client's local train split."""
+        return self.trainer.train(start, self._client(start.client_id).train)
+
+    def evaluate(self, deltas: dict[str, Delta | Sequence[Delta]], head: dict[str, Tensor] | None = None,
+                 client_id: int | None = None) -> dict[str, float]:
+        """Metrics of ``W0 + deltas`` (+ head) on the global test set, or on ``client_id``'s local test split."""
+        examples = self.data.global_test if client_id is None else self._client(client_id).test
+        return evaluate(self.trainer, deltas, head, examples)
+
+    def export_adapter(self, deltas: dict[str, Delta], head: dict[str, Tensor] | None = None) -> dict[str, bytes]:
+        """PEFT adapter files of ``W0 + deltas`` (+ head), built on a freshly loaded copy of the base model."""
+        from workers.export import export_adapter
+
+        fresh = load_model(self.model_cfg, self.data.task, self.num_labels, self.seed)
+        return export_adapter(fresh, deltas, head)
+
+    def _client(self, client_id: int):
+        if not 0 <= client_id < self.data.num_clients:
+            raise ValueError(f"client_id={client_id} is out of range: the run has {self.data.num_clients} clients")
+        return self.data.clients[client_id]
+
+
+def make_worker(resources: WorkerResources, model_cfg: ModelConfig, data_cfg: DataConfig,
+                train_cfg: TrainConfig, seed: int, data: FederatedData | None = None, **options: Any):
+    """A ClientWorker Ray actor with ``resources``' CPU/GPU (``num_gpus`` explicit, 0 on the CPU).
+
+    ``options`` go to ``.options(...)`` (e.g. ``name``, ``max_restarts``).
+    """
+    return _remote_class().options(**resources.actor_options(), **options).remote(
+        model_cfg, data_cfg, train_cfg, seed, resources.torch_threads, data)
+
+
+def make_workers(cfg: ResourceConfig, model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig,
+                 seed: int, cluster_resources: dict[str, float] | None = None, **options: Any) -> list:
+    """``cfg.num_workers`` ClientWorker actors, after checking that the cluster can place them all.
+
+    ``cluster_resources`` defaults to ``ray.cluster_resources()``; pass a trial's bundle totals inside Tune.
+    """
+    import ray
+
+    resources = resolve_resources(cfg, ray.cluster_resources() if cluster_resources is None else cluster_resources)
+    return [make_worker(resources, model_cfg, data_cfg, train_cfg, seed, **options)
+            for _ in range(resources.num_workers)]
+
+
+@functools.cache
+def _remote_class():
+    import ray
+
+    return ray.remote(max_restarts=0)(ClientWorker)
+
+
+def _ray_gpu_ids() -> list:
+    try:
+        import ray
+
+        return list(ray.get_gpu_ids()) if ray.is_initialized() else []
+    except Exception:  # outside a Ray worker
+        return []
+
+
+def _assigned_device() -> str:
+    """``"cuda"`` when Ray gave this actor a GPU and torch can see one (logical test GPUs stay on CPU)."""
+    return "cuda" if _ray_gpu_ids() and torch.cuda.is_available() else "cpu"

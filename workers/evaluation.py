@@ -1,0 +1,95 @@
+"""Evaluation of a model given as deltas: ``W = W0 + sum(deltas[m])`` on every target module, plus a head.
+
+The deltas are folded into pristine ``W0`` with no adapter in the forward (the same fold the training
+start uses), so the global model of any method and a client's personalised model (e.g. pFedLoRA's
+``W0 + private + shared``: a list of deltas per module) are evaluated by one code path.
+
+- classification: ``accuracy``, ``mcc`` (Matthews correlation) and the mean cross-entropy ``loss``;
+- causal LM: ``rouge_l`` of greedy generations (``max_new_tokens``) against the targets, and ``loss``,
+  the mean next-token cross-entropy over the target tokens (teacher forcing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from orchestrator.types import Delta
+from workers.local_training import IGNORE_INDEX, LocalTrainer, causal_batch, prompt_of
+from workers.task_metrics import accuracy, matthews_corrcoef, rouge_l
+
+
+def evaluate(trainer: LocalTrainer, deltas: dict[str, Delta | Sequence[Delta]],
+             head: dict[str, Tensor] | None, examples: Sequence[Any]) -> dict[str, float]:
+    """Metrics of ``W0 + deltas`` (+ ``head``; ``None`` = the model's initial head) on ``examples``."""
+    if not examples:
+        raise ValueError("evaluate needs at least one example")
+    prepare_eval(trainer, deltas, head)
+    if trainer.task == "classification":
+        return _classification(trainer, examples)
+    return _causal(trainer, examples)
+
+
+def prepare_eval(trainer: LocalTrainer, deltas: dict[str, Delta | Sequence[Delta]],
+                 head: dict[str, Tensor] | None) -> None:
+    """Fold ``deltas`` into pristine ``W0``, load ``head``, remove every adapter, switch to eval mode."""
+    trainer.restore_and_fold(deltas)
+    trainer.load_head(head)
+    trainer.clear_adapters()
+    trainer.model.eval()
+
+
+@torch.no_grad()
+def _classification(trainer: LocalTrainer, examples: Sequence[Any]) -> dict[str, float]:
+    preds: list[int] = []
+    labels: list[int] = []
+    loss_sum = 0.0
+    size = trainer.cfg.eval_batch_size
+    for i in range(0, len(examples), size):
+        batch = trainer.collate(examples[i: i + size])
+        y = batch.pop("labels")
+        logits = trainer.model(**batch).logits.float()
+        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
+        preds.extend(logits.argmax(-1).tolist())
+        labels.extend(y.tolist())
+    return {"accuracy": accuracy(preds, labels), "mcc": matthews_corrcoef(preds, labels),
+            "loss": loss_sum / len(labels), "n_examples": float(len(labels))}
+
+
+@torch.no_grad()
+def _causal(trainer: LocalTrainer, examples: Sequence[Any]) -> dict[str, float]:
+    size = trainer.cfg.eval_batch_size
+    loss_sum, n_tokens = 0.0, 0
+    generations: list[str] = []
+    for i in range(0, len(examples), size):
+        chunk = examples[i: i + size]
+        batch = {k: v.to(trainer.device) for k, v in
+                 causal_batch(trainer.tokenizer, chunk, trainer.max_length).items()}
+        labels = batch.pop("labels")
+        logits = trainer.model(**batch).logits
+        loss_sum += float(F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                                          ignore_index=IGNORE_INDEX, reduction="sum"))
+        n_tokens += int((labels[:, 1:] != IGNORE_INDEX).sum())
+        generations.extend(generate(trainer, [prompt_of(ex) for ex in chunk]))
+    return {"rouge_l": rouge_l(generations, [str(ex.target) for ex in examples]),
+            "loss": loss_sum / max(n_tokens, 1), "n_examples": float(len(examples))}
+
+
+def generate(trainer: LocalTrainer, prompts: Sequence[str]) -> list[str]:
+    """Greedy continuations (decoded, special tokens dropped) of left-padded prompts."""
+    tok = trainer.tokenizer
+    ids = [tok(p)["input_ids"][-(trainer.max_length):] for p in prompts]
+    width = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), width), tok.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for row, x in enumerate(ids):  # left padding: the generated tokens line up at the right
+        input_ids[row, width - len(x):] = torch.tensor(x)
+        mask[row, width - len(x):] = 1
+    out = trainer.model.generate(input_ids=input_ids.to(trainer.device), attention_mask=mask.to(trainer.device),
+                                 max_new_tokens=trainer.cfg.max_new_tokens, do_sample=False,
+                                 pad_token_id=tok.pad_token_id, eos_token_id=tok.eos_token_id)
+    return [tok.decode(row[width:], skip_special_tokens=True) for row in out]

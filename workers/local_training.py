@@ -1,0 +1,339 @@
+"""Local LoRA training of one client job: restore W0, fold, set the adapters, train, ship factors back.
+
+One :class:`LocalTrainer` holds one base model, wrapped once with PEFT LoRA layers on the target modules,
+and a pristine CPU copy of the original target weights ``W0: (d, k)``. Every job starts from scratch:
+
+1. ``W <- W0 + sum(fold)`` on every target module (copied from the pristine copy, never subtracted, so
+   rounding cannot accumulate over rounds);
+2. the head is loaded (the start's, else the model's initial seeded head);
+3. the start's named adapters are (re)created with their per-module ranks, ``lora_alpha = scale * r``
+   (PEFT's scaling is set to ``AdapterInit.scale`` exactly), and their values copied in;
+4. the local stages run: each trains the adapters it names (every adapter of the start stays active in
+   the forward: pFedLoRA's private and shared adapters are summed), for its share of the steps.
+
+Every random stream (batch order, dropout) comes from ``start.seed``, so a job's result does not depend
+on which worker ran it or what it ran before.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, inject_adapter_in_model
+from torch import Tensor, nn
+
+from orchestrator.types import ClientStart, ClientUpdate, Delta, LowRankDelta, TailPenalty
+from workers.models import LoadedModel, head_state
+from workers.train_config import TrainConfig
+
+IGNORE_INDEX = -100
+_PLACEHOLDER = "_hetfedlora_placeholder"
+
+
+class LocalTrainer:
+    """A base model with LoRA layers on its target modules, reused for every client job of a worker."""
+
+    def __init__(self, loaded: LoadedModel, cfg: TrainConfig, max_length: int = 64,
+                 device: str | torch.device = "cpu"):
+        self.loaded = loaded
+        self.cfg = cfg
+        self.max_length = int(max_length)
+        self.device = torch.device(device)
+        self.model = loaded.model.to(self.device)
+        self.tokenizer = loaded.tokenizer
+        self.task = loaded.task
+        modules = dict(self.model.named_modules())
+        # Pristine copy of the target weights, kept on the CPU: W0 (d, k) per module.
+        self.w0 = {m: modules[m].weight.detach().to("cpu", copy=True) for m in loaded.targets}
+        self.head0 = head_state(loaded)
+        inject_adapter_in_model(LoraConfig(r=1, lora_alpha=1, target_modules=list(loaded.targets),
+                                           init_lora_weights=False), self.model, adapter_name=_PLACEHOLDER)
+        modules = dict(self.model.named_modules())
+        self.layers = {m: modules[m] for m in loaded.targets}  # PEFT LoRA layers, same names as before
+        for layer in self.layers.values():
+            layer.delete_adapter(_PLACEHOLDER)
+        self.model.requires_grad_(False)
+        self._params = dict(self.model.named_parameters())
+        self.adapter_names: tuple[str, ...] = ()
+
+    # ---------------------------------------------------------------------------------------- model state
+
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        """``(d_out, k_in)`` of every target module."""
+        return {m: tuple(w.shape) for m, w in self.w0.items()}  # type: ignore[misc]
+
+    @torch.no_grad()
+    def restore_and_fold(self, fold: dict[str, Delta | Sequence[Delta]]) -> None:
+        """``W <- W0 + sum(fold[m])`` on every target module (``W <- W0`` bitwise where no delta)."""
+        unknown = sorted(set(fold) - set(self.w0))
+        if unknown:
+            raise ValueError(f"fold names modules {unknown} that are not target modules of the model "
+                             f"(targets: {sorted(self.w0)[:4]}...)")
+        for m, w0 in self.w0.items():
+            weight = self.layers[m].get_base_layer().weight
+            deltas = fold.get(m, ())
+            deltas = [deltas] if not isinstance(deltas, list | tuple) else list(deltas)
+            if not deltas:
+                weight.copy_(w0)
+                continue
+            total = w0.to(self.device, torch.float32, copy=True)  # copy: never touch the pristine W0
+            for delta in deltas:
+                if tuple(delta.shape) != tuple(w0.shape):
+                    raise ValueError(f"fold delta for {m} has shape {tuple(delta.shape)}, the module's "
+                                     f"weight is {tuple(w0.shape)}")
+                total.add_(_dense_on(delta, self.device))
+            weight.copy_(total)
+
+    @torch.no_grad()
+    def load_head(self, head: dict[str, Tensor] | None) -> None:
+        """Copy ``head`` (else the model's initial seeded head) into the classification head."""
+        values = dict(self.head0)
+        if head:
+            unknown = sorted(set(head) - set(values))
+            if unknown:
+                raise ValueError(f"head has tensors {unknown}; the model's head is {sorted(values)}")
+            values.update(head)
+        for name, value in values.items():
+            param = self._params[name]
+            if tuple(value.shape) != tuple(param.shape):
+                raise ValueError(f"head.{name} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
+            param.copy_(value)
+
+    def clear_adapters(self) -> None:
+        """Remove every adapter: the model computes ``W x`` with the (folded) base weights only."""
+        for layer in self.layers.values():
+            for name in list(layer.lora_A.keys()):
+                layer.delete_adapter(name)
+            layer.set_adapter([])
+        self.adapter_names = ()
+
+    @torch.no_grad()
+    def set_adapters(self, start: ClientStart) -> None:
+        """(Re)create the start's named adapters with their per-module ranks and initial values."""
+        self.clear_adapters()
+        config = LoraConfig(r=1, lora_alpha=1, lora_dropout=self.cfg.lora_dropout, init_lora_weights=False,
+                            use_rslora=False)
+        for name, per_module in start.adapters.items():
+            unknown = sorted(set(per_module) - set(self.w0))
+            if unknown:
+                raise ValueError(f"client {start.client_id}: adapter {name!r} names modules {unknown} that "
+                                 f"are not target modules of the model")
+            for m, init in per_module.items():
+                d, k = self.w0[m].shape
+                if init.B.shape[0] != d or init.A.shape[1] != k:
+                    raise ValueError(f"client {start.client_id}: adapter {name!r} on {m}: B {tuple(init.B.shape)}"
+                                     f" / A {tuple(init.A.shape)} do not fit the weight ({d}, {k})")
+                layer = self.layers[m]
+                r = init.rank
+                layer.update_layer(name, r, lora_alpha=init.scale * r, config=config)
+                layer.scaling[name] = float(init.scale)  # exactly the start's scale, whatever alpha/r rounds to
+                layer.lora_A[name].to(torch.float32)
+                layer.lora_B[name].to(torch.float32)
+                layer.lora_A[name].weight.copy_(init.A)
+                layer.lora_B[name].weight.copy_(init.B)
+        self.adapter_names = tuple(start.adapters)
+        for layer in self.layers.values():
+            layer.set_adapter(list(self.adapter_names))
+        self.model.requires_grad_(False)
+
+    def prepare(self, start: ClientStart) -> None:
+        """Put the model in the start-of-round state of ``start`` (no training, everything frozen)."""
+        self.restore_and_fold(start.fold)
+        self.load_head(start.head)
+        self.set_adapters(start)
+
+    def set_trainable(self, start: ClientStart, train: Sequence[str]) -> list[nn.Parameter]:
+        """Make the factors of the adapters in ``train`` (per train_A/train_B) and the head trainable."""
+        unknown = sorted(set(train) - set(start.adapters))
+        if unknown:
+            raise ValueError(f"client {start.client_id}: a local stage trains adapters {unknown} that the "
+                             f"start does not define ({sorted(start.adapters)})")
+        self.model.requires_grad_(False)
+        params: list[nn.Parameter] = []
+        for name in train:
+            for m, init in start.adapters[name].items():
+                layer = self.layers[m]
+                for factor, flag in ((layer.lora_A[name].weight, init.train_A),
+                                     (layer.lora_B[name].weight, init.train_B)):
+                    factor.requires_grad_(flag)
+                    if flag:
+                        params.append(factor)
+        if start.train_head and self.task == "classification":
+            for name in self.loaded.head_names:
+                self._params[name].requires_grad_(True)
+                params.append(self._params[name])
+        return params
+
+    def adapter_factors(self, start: ClientStart) -> dict[str, dict[str, tuple[Tensor, Tensor]]]:
+        """``{adapter: {module: (B, A)}}`` as detached contiguous CPU float32 clones."""
+        out: dict[str, dict[str, tuple[Tensor, Tensor]]] = {}
+        for name, per_module in start.adapters.items():
+            out[name] = {m: (_cpu(self.layers[m].lora_B[name].weight), _cpu(self.layers[m].lora_A[name].weight))
+                         for m in per_module}
+        return out
+
+    # -------------------------------------------------------------------------------------------- training
+
+    def train(self, start: ClientStart, examples: Sequence[Any]) -> ClientUpdate:
+        """Run one client job: prepare the start-of-round model, train the stages, return the update.
+
+        ``train_loss`` is the mean task loss over the steps (without the tail penalty); 0.0 with no steps.
+        The model trains in ``train()`` mode (the backbone's own dropout is on, seeded like the rest).
+        """
+        t0 = time.perf_counter()
+        self.prepare(start)
+        n = len(examples)
+        total = self.cfg.total_steps(n)
+        stage_steps = split_steps(total, [s.fraction for s in start.stages])
+        order = torch.Generator(device="cpu").manual_seed(int(start.seed))
+        torch.manual_seed(int(start.seed))  # dropout (CPU and CUDA)
+        all_params: dict[int, nn.Parameter] = {}
+        for stage in start.stages:
+            all_params.update({id(p): p for p in self.set_trainable(start, stage.train)})
+        optimizer = self._optimizer(list(all_params.values()))
+        batches = batch_indices(n, self.cfg.batch_size, order)
+        losses: list[float] = []
+        self.model.train()
+        try:
+            for stage, steps in zip(start.stages, stage_steps):
+                params = self.set_trainable(start, stage.train)
+                for _ in range(steps):
+                    batch = self.collate([examples[i] for i in next(batches)])
+                    loss = self.loss(batch)
+                    objective = (loss + self.penalty(start.penalty)) if start.penalty else loss
+                    optimizer.zero_grad(set_to_none=True)
+                    objective.backward()
+                    if self.cfg.grad_clip is not None:
+                        torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
+                    optimizer.step()
+                    losses.append(float(loss.detach()))
+        finally:
+            self.model.eval()
+            self.model.requires_grad_(False)
+        head = head_state(self.loaded) if start.train_head and self.loaded.head_names else None
+        return ClientUpdate(
+            client_id=start.client_id, round=start.round, adapters=self.adapter_factors(start),
+            n_examples=n, train_loss=float(sum(losses) / len(losses)) if losses else 0.0, head=head,
+            compute_seconds=time.perf_counter() - t0, steps=len(losses), upload=tuple(start.upload))
+
+    def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        if not params:
+            params = [nn.Parameter(torch.zeros(1))]  # nothing trainable: a no-op optimizer keeps the loop simple
+        if self.cfg.optimizer == "sgd":
+            return torch.optim.SGD(params, lr=self.cfg.lr, momentum=self.cfg.momentum,
+                                   weight_decay=self.cfg.weight_decay)
+        return torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def penalty(self, penalty: TailPenalty) -> Tensor:
+        """HETLoRA's ``lam * sum_m ||B_m[:, s_m:]||_F * ||A_m[s_m:, :]||_F`` on ``penalty.adapter``."""
+        total = torch.zeros((), device=self.device)
+        for m, s in penalty.start.items():
+            layer = self.layers[m]
+            if penalty.adapter not in layer.lora_A:
+                raise ValueError(f"TailPenalty names adapter {penalty.adapter!r}, absent on module {m}")
+            B = layer.lora_B[penalty.adapter].weight  # (d, r)
+            A = layer.lora_A[penalty.adapter].weight  # (r, k)
+            if s < A.shape[0]:
+                total = total + torch.linalg.norm(B[:, s:]) * torch.linalg.norm(A[s:, :])
+        return penalty.lam * total
+
+    def loss(self, batch: dict[str, Tensor]) -> Tensor:
+        """Mean cross-entropy of the head (classification) or of the target tokens (causal LM)."""
+        labels = batch.pop("labels")
+        logits = self.model(**batch).logits
+        if self.task == "classification":
+            return F.cross_entropy(logits.float(), labels)
+        # next-token loss: position t predicts token t + 1; prompt and padding are IGNORE_INDEX
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
+                               ignore_index=IGNORE_INDEX)
+
+    # -------------------------------------------------------------------------------------------- batching
+
+    def collate(self, examples: Sequence[Any]) -> dict[str, Tensor]:
+        """Tokenise a batch on the model's device: classification or prompt + target (causal LM)."""
+        if self.task == "classification":
+            batch = classification_batch(self.tokenizer, examples, self.max_length)
+        else:
+            batch = causal_batch(self.tokenizer, examples, self.max_length)
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+
+def classification_batch(tokenizer: Any, examples: Sequence[Any], max_length: int) -> dict[str, Tensor]:
+    """Padded token ids of ``text`` (and ``text_pair`` when the examples have one) and integer labels."""
+    texts = [ex.text for ex in examples]
+    pairs = [getattr(ex, "text_pair", None) for ex in examples]
+    pairs_arg = [p or "" for p in pairs] if any(p is not None for p in pairs) else None
+    enc = tokenizer(texts, pairs_arg, padding=True, truncation=True, max_length=max_length,
+                    return_tensors="pt")
+    names = getattr(tokenizer, "model_input_names", None) or ("input_ids", "attention_mask")
+    batch = {k: v for k, v in enc.items() if k in names}
+    batch["labels"] = torch.tensor([int(ex.label) for ex in examples], dtype=torch.long)
+    return batch
+
+
+def prompt_of(example: Any) -> str:
+    """The causal-LM prompt of an example: ``text``, plus ``text_pair`` on a new line when present."""
+    pair = getattr(example, "text_pair", None)
+    return example.text if not pair else f"{example.text}\n{pair}"
+
+
+def causal_batch(tokenizer: Any, examples: Sequence[Any], max_length: int) -> dict[str, Tensor]:
+    """Right-padded ``prompt + target + eos``; labels are the token ids on the target, -100 elsewhere.
+
+    Sequences longer than ``max_length`` keep the start of the target (at most ``max_length - 1`` tokens)
+    and the end of the prompt.
+    """
+    rows: list[tuple[list[int], list[int]]] = []
+    for ex in examples:
+        prompt = tokenizer(prompt_of(ex))["input_ids"]
+        target = tokenizer(str(ex.target), add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+        target = target[: max_length - 1]
+        prompt = prompt[-(max_length - len(target)):] if prompt else prompt
+        rows.append((prompt, target))
+    width = max(len(p) + len(t) for p, t in rows)
+    ids = torch.full((len(rows), width), tokenizer.pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    labels = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    for i, (prompt, target) in enumerate(rows):
+        seq = prompt + target
+        ids[i, : len(seq)] = torch.tensor(seq)
+        mask[i, : len(seq)] = 1
+        labels[i, len(prompt): len(seq)] = torch.tensor(target)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def batch_indices(n: int, batch_size: int, gen: torch.Generator) -> Iterator[list[int]]:
+    """Endless batches of example indices: successive seeded permutations, the last batch of each may be short."""
+    while n > 0:
+        perm = torch.randperm(n, generator=gen).tolist()
+        for i in range(0, n, batch_size):
+            yield perm[i: i + batch_size]
+
+
+def split_steps(total: int, fractions: Sequence[float]) -> list[int]:
+    """Steps per stage: ``round(cumulative fraction * total)`` differences (no step lost to rounding)."""
+    if any(not (f >= 0 and math.isfinite(f)) for f in fractions):
+        raise ValueError(f"LocalStage fractions {list(fractions)} must be finite and >= 0")
+    bounds, acc = [0], 0.0
+    for f in fractions:
+        acc += f
+        bounds.append(int(round(acc * total)))
+    return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+def _dense_on(delta: Delta, device: torch.device) -> Tensor:
+    """The ``(d, k)`` delta as float32, formed on ``device`` in the factors' precision (float64 stays)."""
+    if isinstance(delta, LowRankDelta):
+        dtype = torch.promote_types(torch.promote_types(delta.B.dtype, delta.A.dtype), torch.float32)
+        product = LowRankDelta(delta.B.to(device, dtype), delta.A.to(device, dtype), delta.scale).dense()
+        return product.to(torch.float32)
+    return delta.dense().to(device, torch.float32)
+
+
+def _cpu(t: Tensor) -> Tensor:
+    return t.detach().to("cpu", torch.float32).contiguous().clone()
