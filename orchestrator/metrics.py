@@ -23,19 +23,34 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from orchestrator.types import ClientStart, ClientUpdate, Delta, ModuleName
+from orchestrator.linalg import frobenius_of_sum
+from orchestrator.types import ClientStart, ClientUpdate, Delta, LowRankDelta, ModuleName
 
 F64 = torch.float64
 
 
 def init_noise_function(global_delta: dict[ModuleName, Delta], start: ClientStart) -> float:
-    """``sum_m ||dW_global,m - dW_start,m||_F`` for one client."""
+    """``sum_m ||dW_global,m - dW_start,m||_F`` for one client (factored; see :func:`frobenius_of_sum`)."""
     total = 0.0
     for module, delta in global_delta.items():
-        g = delta.dense(F64)
-        c = start.start_delta(module, dtype=F64)
-        total += float((g - c).norm()) if c is not None else float(g.norm())
+        low_rank, dense = [], []
+        _add_term(delta, 1.0, low_rank, dense)
+        if module in start.fold:
+            _add_term(start.fold[module], -1.0, low_rank, dense)
+        for name in start.upload:
+            init = start.adapters.get(name, {}).get(module)
+            if init is not None:
+                _add_term(init.as_delta(), -1.0, low_rank, dense)
+        total += frobenius_of_sum(low_rank, dense)
     return total
+
+
+def _add_term(delta: Delta, coeff: float, low_rank: list, dense: list) -> None:
+    """Append ``coeff * delta`` as factors ``(coeff * scale * B, A)`` or as a dense ``(W, coeff)``."""
+    if isinstance(delta, LowRankDelta):
+        low_rank.append((delta.B.to(F64) * (coeff * delta.scale), delta.A))
+    else:
+        dense.append((delta.W, coeff))
 
 
 def init_noise_param(global_factors: dict[ModuleName, tuple[Tensor, Tensor]] | None,
@@ -66,30 +81,23 @@ def init_noise_param(global_factors: dict[ModuleName, tuple[Tensor, Tensor]] | N
     return total
 
 
-def effective_delta(start: ClientStart, update: ClientUpdate, module: ModuleName) -> Tensor:
-    """Client's end-of-round delta on ``module``: fold + ``s B A`` of its uploaded, trained adapters."""
-    parts: list[Tensor] = []
-    if module in start.fold:
-        parts.append(start.fold[module].dense(F64))
-    for name in start.upload:
-        if module in update.adapters.get(name, {}):
-            B, A = update.adapters[name][module]
-            parts.append((B.to(F64) @ A.to(F64)) * start.adapters[name][module].scale)
-    if not parts:
-        raise ValueError(f"client {start.client_id} has no delta on {module}")
-    return torch.stack(parts).sum(0) if len(parts) > 1 else parts[0]
-
-
 def aggregation_noise(new_global: dict[ModuleName, Delta], starts: list[ClientStart],
                       updates: list[ClientUpdate], weights: dict[int, float]) -> float:
-    """``sum_m ||sum_i p_i (fold_i + s B_i A_i) - dW_new||_F``."""
+    """``sum_m ||sum_i p_i (fold_i + s B_i A_i) - dW_new||_F`` (factored; see :func:`frobenius_of_sum`)."""
     by_id = {s.client_id: s for s in starts}
     total = 0.0
     for module, delta in new_global.items():
-        ideal = torch.zeros(delta.shape, dtype=F64)
+        low_rank, dense = [], []
+        _add_term(delta, -1.0, low_rank, dense)
         for u in updates:
-            ideal.add_(effective_delta(by_id[u.client_id], u, module), alpha=weights[u.client_id])
-        total += float((ideal - delta.dense(F64)).norm())
+            start, p = by_id[u.client_id], weights[u.client_id]
+            if module in start.fold:
+                _add_term(start.fold[module], p, low_rank, dense)
+            for name in start.upload:
+                if module in u.adapters.get(name, {}):
+                    B, A = u.adapters[name][module]
+                    low_rank.append((B.to(F64) * (p * start.adapters[name][module].scale), A))
+        total += frobenius_of_sum(low_rank, dense)
     return total
 
 
@@ -158,7 +166,6 @@ def round_bytes(starts: list[ClientStart], updates: list[ClientUpdate]) -> tuple
 
 __all__ = [
     "aggregation_noise",
-    "effective_delta",
     "fedplora_rankwise_noise",
     "init_noise_function",
     "init_noise_param",

@@ -277,6 +277,11 @@ def _deepcopy_json(obj: Any) -> Any:
     return obj
 
 
+def _all_finite(t: Tensor) -> bool:
+    """NaN/inf check: one reduction (a NaN or inf makes the sum non-finite); the full check only if needed."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
+
+
 def validate_update(start: ClientStart, update: ClientUpdate) -> None:
     """Reject an update that does not match its ClientStart or carries NaN/inf (before aggregation)."""
     cid = start.client_id
@@ -299,12 +304,12 @@ def validate_update(start: ClientStart, update: ClientUpdate) -> None:
                 if tuple(t.shape) != tuple(ref.shape):
                     raise InvalidClientUpdate(cid, f"{name}.{module}.{label} has shape {tuple(t.shape)}, "
                                                    f"expected {tuple(ref.shape)}")
-                if not torch.isfinite(t).all():
+                if not _all_finite(t):
                     raise InvalidClientUpdate(cid, f"{name}.{module}.{label} contains NaN or inf")
     if update.head is not None:
         for key, t in update.head.items():
             if start.head is not None and key in start.head and start.head[key].shape != t.shape:
                 raise InvalidClientUpdate(cid, f"head.{key} has shape {tuple(t.shape)}, expected "
                                                f"{tuple(start.head[key].shape)}")
-            if not torch.isfinite(t).all():
+            if not _all_finite(t):
                 raise InvalidClientUpdate(cid, f"head.{key} contains NaN or inf")

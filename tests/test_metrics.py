@@ -132,3 +132,16 @@ def test_round_bytes_follow_the_paper_overheads():
     pfed = make("pfedlora", [1, 3], R=R, modules=mods)
     pstart = pfed.client_start(pfed.init_global(), 1, 0)
     assert round_bytes([pstart], [trained(pstart)]) == (4 * (d + k), 4 * (d + k))  # private stays local
+
+
+def test_frobenius_of_sum_matches_dense_and_cancels_exactly():
+    from orchestrator.linalg import frobenius_of_sum
+
+    g = torch.Generator().manual_seed(0)
+    B1, A1 = torch.randn(30, 3, generator=g, dtype=torch.float64), torch.randn(3, 20, generator=g, dtype=torch.float64)
+    B2, A2 = torch.randn(30, 2, generator=g, dtype=torch.float64), torch.randn(2, 20, generator=g, dtype=torch.float64)
+    W = torch.randn(30, 20, generator=g, dtype=torch.float64)
+    dense = B1 @ A1 - 2 * B2 @ A2
+    assert frobenius_of_sum([(B1, A1), (-2 * B2, A2)], []) == pytest.approx(float(dense.norm()), rel=1e-12)
+    assert frobenius_of_sum([(B1, A1)], [(W, 0.5), (W, 0.25)]) == pytest.approx(float((B1 @ A1 + 0.75 * W).norm()))
+    assert frobenius_of_sum([(B1, A1), (-B1[:, :2], A1[:2]), (-B1[:, 2:], A1[2:])], [(W, 1.0), (W, -1.0)]) < 1e-13
