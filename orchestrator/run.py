@@ -214,7 +214,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
     parser.add_argument("--address", help="Ray cluster address ('auto' to join a running cluster)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
+    parser.add_argument("--print-config", action="store_true",
+                        help="print the fully resolved config (every option with its value) and exit")
     args = parser.parse_args(argv)
+    if args.print_config:
+        try:
+            print(yaml.safe_dump(load_config(args.config, args.overrides).to_dict(), sort_keys=False), end="")
+        except (ValueError, FileNotFoundError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     try:
         if args.config:
             cfg = load_config(args.config, args.overrides)
