@@ -21,6 +21,7 @@ import yaml
 
 from orchestrator.method_config import MethodConfig
 from orchestrator.ranks import RankConfig
+from orchestrator.validation import check_int
 from workers.data_config import DataConfig
 from workers.models import ModelConfig
 from workers.resources import ResourceConfig
@@ -63,10 +64,10 @@ class RunConfig:
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
 
     def __post_init__(self) -> None:
-        _int("seed", self.seed, 0)
-        _int("rounds", self.rounds, 1)
-        _int("eval_every", self.eval_every, 1)
-        _int("checkpoint_every", self.checkpoint_every, 1)
+        check_int("seed", self.seed, 0)
+        check_int("rounds", self.rounds, 1)
+        check_int("eval_every", self.eval_every, 1)
+        check_int("checkpoint_every", self.checkpoint_every, 1)
         if isinstance(self.participation, bool) or not isinstance(self.participation, int | float) or not (
                 0.0 < self.participation <= 1.0):
             raise ValueError(f"participation={self.participation!r} must be in (0, 1]")
@@ -189,8 +190,3 @@ def _plain(obj: Any) -> Any:
     if isinstance(obj, list | tuple):
         return [_plain(v) for v in obj]
     return obj
-
-
-def _int(name: str, value: Any, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value!r} must be an integer >= {minimum}")

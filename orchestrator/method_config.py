@@ -6,16 +6,12 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from orchestrator.validation import check_choice
+
 WEIGHTINGS = ("data", "uniform", "sparsity")
 SELECTIONS = ("random", "fixed", "weight_norm")
 UNSELECTED = ("fold", "drop")
 SCALINGS = ("standard", "rslora")
-
-
-def check_choice(field_name: str, value: object, allowed: tuple) -> None:
-    """Raise a ValueError naming the field and the allowed values."""
-    if value not in allowed:
-        raise ValueError(f"{field_name}={value!r} is not allowed; choose one of {list(allowed)}")
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from orchestrator.validation import check_choice, check_int
+
 DATASETS = ("rotten_tomatoes", "csv", "jsonl", "glue", "natural_instructions", "dolly",
             "rotten_tomatoes_instruct")
 GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "qnli", "rte")
@@ -31,12 +33,6 @@ BUILTIN_GROUPS = {"rotten_tomatoes": "movie", "rotten_tomatoes_instruct": "movie
                   "natural_instructions": "task", "dolly": "category"}
 # Data sets that must be given a local ``path`` (no hub id exists for them).
 NEEDS_PATH = ("csv", "jsonl", "natural_instructions")
-
-
-def check_choice(field_name: str, value: object, allowed: tuple) -> None:
-    """Raise a ValueError naming the field and the allowed values."""
-    if value not in allowed:
-        raise ValueError(f"{field_name}={value!r} is not allowed; choose one of {list(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -93,19 +89,14 @@ class DataConfig:
         self._check_numbers()
 
     def _check_numbers(self) -> None:
-        _check_int("data.num_clients", self.num_clients, 1)
+        check_int("data.num_clients", self.num_clients, 1)
         if not (isinstance(self.alpha, int | float) and math.isfinite(self.alpha) and self.alpha > 0):
             raise ValueError(f"data.alpha={self.alpha!r} must be a finite number > 0")
-        _check_int("data.classes_per_client", self.classes_per_client, 1)
-        _check_int("data.min_examples_per_client", self.min_examples_per_client, 1)
+        check_int("data.classes_per_client", self.classes_per_client, 1)
+        check_int("data.min_examples_per_client", self.min_examples_per_client, 1)
         if not (isinstance(self.client_test_fraction, int | float) and 0.0 <= self.client_test_fraction < 1.0):
             raise ValueError(f"data.client_test_fraction={self.client_test_fraction!r} must be in [0, 1)")
-        _check_int("data.global_test_size", self.global_test_size, 0)
+        check_int("data.global_test_size", self.global_test_size, 0)
         if self.max_examples is not None:
-            _check_int("data.max_examples", self.max_examples, 1)
-        _check_int("data.max_length", self.max_length, 1)
-
-
-def _check_int(field_name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{field_name}={value!r} must be an integer >= {minimum}")
+            check_int("data.max_examples", self.max_examples, 1)
+        check_int("data.max_length", self.max_length, 1)

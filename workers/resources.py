@@ -12,6 +12,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from orchestrator.validation import is_number
+
 DEVICES = ("auto", "cuda", "cpu")
 _EPS = 1e-9
 
@@ -37,9 +39,9 @@ class ResourceConfig:
             raise ValueError(f"resources.num_workers={self.num_workers!r} must be an integer >= 1")
         if self.gpus_per_worker is not None:
             g = self.gpus_per_worker
-            if not (_number(g) and g > 0 and (g <= 1 or float(g).is_integer())):
+            if not (is_number(g) and g > 0 and (g <= 1 or float(g).is_integer())):
                 raise ValueError(f"resources.gpus_per_worker={g!r} must be in (0, 1] or a whole number")
-        if not (_number(self.cpus_per_worker) and self.cpus_per_worker > 0):
+        if not (is_number(self.cpus_per_worker) and self.cpus_per_worker > 0):
             raise ValueError(f"resources.cpus_per_worker={self.cpus_per_worker!r} must be a number > 0")
 
 
@@ -123,7 +125,3 @@ def _per_gpu_text(share: float) -> str:
     if share > 1:
         return f"{share:g} whole GPUs each"
     return f"at most {int(math.floor(1.0 / share + _EPS))} workers per GPU"
-
-
-def _number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)

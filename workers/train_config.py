@@ -6,6 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from orchestrator.validation import check_int, check_positive, is_number
+
 OPTIMIZERS = ("adamw", "sgd")
 
 
@@ -35,20 +37,20 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"train.optimizer={self.optimizer!r} is not allowed; choose one of "
                              f"{list(OPTIMIZERS)}")
-        _check_positive("train.lr", self.lr)
-        _check_int("train.local_steps", self.local_steps, 1)
+        check_positive("train.lr", self.lr)
+        check_int("train.local_steps", self.local_steps, 1)
         if self.local_epochs is not None:
-            _check_int("train.local_epochs", self.local_epochs, 1)
-        _check_int("train.batch_size", self.batch_size, 1)
-        _check_int("train.eval_batch_size", self.eval_batch_size, 1)
-        _check_int("train.max_new_tokens", self.max_new_tokens, 1)
-        if not (_is_number(self.lora_dropout) and 0.0 <= self.lora_dropout < 1.0):
+            check_int("train.local_epochs", self.local_epochs, 1)
+        check_int("train.batch_size", self.batch_size, 1)
+        check_int("train.eval_batch_size", self.eval_batch_size, 1)
+        check_int("train.max_new_tokens", self.max_new_tokens, 1)
+        if not (is_number(self.lora_dropout) and 0.0 <= self.lora_dropout < 1.0):
             raise ValueError(f"train.lora_dropout={self.lora_dropout!r} must be in [0, 1)")
         if self.grad_clip is not None:
-            _check_positive("train.grad_clip", self.grad_clip)
-        if not (_is_number(self.weight_decay) and self.weight_decay >= 0):
+            check_positive("train.grad_clip", self.grad_clip)
+        if not (is_number(self.weight_decay) and self.weight_decay >= 0):
             raise ValueError(f"train.weight_decay={self.weight_decay!r} must be a number >= 0")
-        if not (_is_number(self.momentum) and 0.0 <= self.momentum < 1.0):
+        if not (is_number(self.momentum) and 0.0 <= self.momentum < 1.0):
             raise ValueError(f"train.momentum={self.momentum!r} must be in [0, 1)")
 
     def total_steps(self, n_examples: int) -> int:
@@ -58,17 +60,3 @@ class TrainConfig:
         if self.local_epochs is not None:
             return self.local_epochs * math.ceil(n_examples / self.batch_size)
         return self.local_steps
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-
-
-def _check_positive(field_name: str, value: object) -> None:
-    if not (_is_number(value) and value > 0):
-        raise ValueError(f"{field_name}={value!r} must be a finite number > 0")
-
-
-def _check_int(field_name: str, value: object, minimum: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{field_name}={value!r} must be an integer >= {minimum}")

@@ -159,6 +159,26 @@ class FederatedMethod(ABC):
         return {m: LowRankDelta(*self.factors(state, m), self.scale) for m in self.modules}
 
 
+class FactoredMethod(FederatedMethod):
+    """A method whose server state is one ``(B: (d, q), A: (q, k))`` pair per module, evaluated as ``W0 + s B A``.
+
+    ``state_rank`` is ``q`` at round 0 (the standard LoRA init: A Kaiming-uniform, B = 0).
+    """
+
+    @property
+    def state_rank(self) -> int:
+        return self.global_rank
+
+    def init_adapters(self) -> GlobalState:
+        return GlobalState(self.init_factors(self.state_rank))
+
+    def global_delta(self, state: GlobalState) -> dict[ModuleName, Delta]:
+        return self.low_rank_global(state)
+
+    def global_factors(self, state: GlobalState) -> dict[ModuleName, tuple[Tensor, Tensor]]:
+        return {m: self.factors(state, m) for m in self.modules}
+
+
 def pair_updates(starts: list[ClientStart], updates: list[ClientUpdate]) -> list[Pair]:
     """Match updates to starts by client id (sorted by client id, so the order of arrival never matters)."""
     if not updates:

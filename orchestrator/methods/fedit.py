@@ -9,13 +9,13 @@ separately: ``A = sum_i p_i A_i``, ``B = sum_i p_i B_i`` with ``p_i = n_i / sum 
 
 from __future__ import annotations
 
-from orchestrator.methods.base import FederatedMethod, Pair, main_slots, slot_average
+from orchestrator.methods.base import FactoredMethod, FederatedMethod, Pair, main_slots, slot_average
 from orchestrator.methods.registry import register
 from orchestrator.types import ClientStart, GlobalState
 
 
 @register
-class FedIT(FederatedMethod):
+class FedIT(FactoredMethod):
     """Homogeneous FedAvg of the LoRA factors."""
 
     name = "fedit"
@@ -29,9 +29,6 @@ class FedIT(FederatedMethod):
         self.global_rank = rank
         self.scale = cfg.one_rank_scale(rank)
 
-    def init_adapters(self) -> GlobalState:
-        return GlobalState(self.init_factors(self.global_rank))
-
     def client_start(self, state: GlobalState, client_id: int, round_idx: int) -> ClientStart:
         slots = list(range(self.global_rank))
         adapters = {m: self.slot_adapter(state, m, slots) for m in self.modules}
@@ -40,12 +37,6 @@ class FedIT(FederatedMethod):
     def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]):
         weights = self.client_weights(pairs)
         return average_slots(self, state, pairs, weights), weights
-
-    def global_delta(self, state):
-        return self.low_rank_global(state)
-
-    def global_factors(self, state):
-        return {m: self.factors(state, m) for m in self.modules}
 
 
 def average_slots(method: FederatedMethod, state: GlobalState, pairs: list[Pair],

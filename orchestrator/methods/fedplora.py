@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import torch
 
-from orchestrator.methods.base import FederatedMethod, Pair
+from orchestrator.methods.base import FactoredMethod, Pair
 from orchestrator.methods.fedit import average_slots
 from orchestrator.methods.registry import register
 from orchestrator.rng import generator
@@ -30,14 +30,11 @@ from orchestrator.types import ClientStart, GlobalState, LowRankDelta
 
 
 @register
-class FedPLoRA(FederatedMethod):
+class FedPLoRA(FactoredMethod):
     """Select-N-Fold over R parallel one-rank modules."""
 
     name = "fedplora"
     default_weighting = "uniform"
-
-    def init_adapters(self) -> GlobalState:
-        return GlobalState(self.init_factors(self.global_rank))
 
     def select(self, state: GlobalState, client_id: int, round_idx: int, module: str, rank: int) -> list[int]:
         """The slots ``K`` client ``client_id`` trains on ``module`` this round (sorted)."""
@@ -70,9 +67,3 @@ class FedPLoRA(FederatedMethod):
     def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]):
         weights = self.client_weights(pairs)
         return average_slots(self, state, pairs, weights), weights
-
-    def global_delta(self, state):
-        return self.low_rank_global(state)
-
-    def global_factors(self, state):
-        return {m: self.factors(state, m) for m in self.modules}

@@ -9,21 +9,18 @@ their value. Used in the Fed-PLoRA paper's homogeneous comparison (Fig. 3).
 
 from __future__ import annotations
 
-from orchestrator.methods.base import FederatedMethod, Pair
+from orchestrator.methods.base import FactoredMethod, Pair
 from orchestrator.methods.fedit import average_slots
 from orchestrator.methods.registry import register
 from orchestrator.types import ClientStart, GlobalState
 
 
 @register
-class FFALoRA(FederatedMethod):
+class FFALoRA(FactoredMethod):
     """Frozen shared A, averaged B."""
 
     name = "ffa_lora"
     default_weighting = "data"
-
-    def init_adapters(self) -> GlobalState:
-        return GlobalState(self.init_factors(self.global_rank))
 
     def client_start(self, state: GlobalState, client_id: int, round_idx: int) -> ClientStart:
         common = self.start_common(state, client_id, round_idx)
@@ -34,9 +31,3 @@ class FFALoRA(FederatedMethod):
     def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]):
         weights = self.client_weights(pairs)
         return average_slots(self, state, pairs, weights, average_A=False), weights
-
-    def global_delta(self, state):
-        return self.low_rank_global(state)
-
-    def global_factors(self, state):
-        return {m: self.factors(state, m) for m in self.modules}

@@ -16,20 +16,17 @@ from __future__ import annotations
 import torch
 
 from orchestrator.linalg import factored_svd
-from orchestrator.methods.base import FederatedMethod, Pair
+from orchestrator.methods.base import FactoredMethod, Pair
 from orchestrator.methods.registry import register
 from orchestrator.types import AdapterInit, ClientStart, GlobalState
 
 
 @register
-class FlexLoRA(FederatedMethod):
+class FlexLoRA(FactoredMethod):
     """Weighted sum of products, redistributed by truncated SVD."""
 
     name = "flexlora"
     default_weighting = "data"
-
-    def init_adapters(self) -> GlobalState:
-        return GlobalState(self.init_factors(self.global_rank))
 
     def client_start(self, state: GlobalState, client_id: int, round_idx: int) -> ClientStart:
         common = self.start_common(state, client_id, round_idx)
@@ -58,9 +55,3 @@ class FlexLoRA(FederatedMethod):
             new.tensors[f"{m}/B"] = (U * S).to(torch.float32)
             new.tensors[f"{m}/A"] = Vh.to(torch.float32).contiguous()
         return new, weights
-
-    def global_delta(self, state):
-        return self.low_rank_global(state)
-
-    def global_factors(self, state):
-        return {m: self.factors(state, m) for m in self.modules}

@@ -21,13 +21,13 @@ import math
 import torch
 
 from orchestrator.linalg import frobenius_of_product
-from orchestrator.methods.base import FederatedMethod, Pair, padded_sum
+from orchestrator.methods.base import FactoredMethod, Pair, padded_sum
 from orchestrator.methods.registry import register
 from orchestrator.types import ClientStart, GlobalState, TailPenalty
 
 
 @register
-class HETLoRA(FederatedMethod):
+class HETLoRA(FactoredMethod):
     """Truncate to the client's rank, prune the tail, zero-pad and sparsity-weight on the server."""
 
     name = "hetlora"
@@ -91,12 +91,6 @@ class HETLoRA(FederatedMethod):
             new.tensors[f"{m}/B"] = padded_sum(B_old, 1, ups_B)
             new.tensors[f"{m}/A"] = padded_sum(A_old, 0, ups_A)
         return new, weights
-
-    def global_delta(self, state):
-        return self.low_rank_global(state)
-
-    def global_factors(self, state):
-        return {m: self.factors(state, m) for m in self.modules}
 
 
 def sparsity_weights(pairs: list[Pair], ranks: dict[int, int], scale: float) -> dict[int, float]:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from orchestrator.methods.base import FederatedMethod, Pair, slot_average
+from orchestrator.methods.base import FactoredMethod, Pair, slot_average
 from orchestrator.methods.registry import register
 from orchestrator.types import AdapterInit, ClientStart, GlobalState, LocalStage, LowRankDelta
 
@@ -28,7 +28,7 @@ def private_key(client_id: int, module: str, factor: str) -> str:
 
 
 @register
-class PFedLoRA(FederatedMethod):
+class PFedLoRA(FactoredMethod):
     """Private heterogeneous adapter + shared homogeneous adapter, trained in two stages."""
 
     name = "pfedlora"
@@ -40,8 +40,9 @@ class PFedLoRA(FederatedMethod):
         if self.shared_rank > global_rank:
             raise ValueError(f"method.pfedlora_shared_rank={self.shared_rank} must be <= max_rank={global_rank}")
 
-    def init_adapters(self) -> GlobalState:
-        return GlobalState(self.init_factors(self.shared_rank))
+    @property
+    def state_rank(self) -> int:
+        return self.shared_rank
 
     def private_adapter(self, state: GlobalState, client_id: int, module: str) -> AdapterInit:
         r = self.client_ranks[client_id]
@@ -75,9 +76,6 @@ class PFedLoRA(FederatedMethod):
                 new.tensors[private_key(start.client_id, m, "A")] = A.detach().to(torch.float32).clone()
         return new, weights
 
-    def global_delta(self, state):
-        return self.low_rank_global(state)
-
     def personal_delta(self, state, client_id):
         if private_key(client_id, next(iter(self.modules)), "B") not in state.tensors:
             return None
@@ -87,6 +85,3 @@ class PFedLoRA(FederatedMethod):
             B, A = self.factors(state, m)
             out[m] = LowRankDelta(torch.cat([B, private.B], 1), torch.cat([A, private.A], 0), self.scale)
         return out
-
-    def global_factors(self, state):
-        return {m: self.factors(state, m) for m in self.modules}
