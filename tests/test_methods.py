@@ -320,3 +320,16 @@ def test_scale_is_alpha_over_R_or_sqrt_R():
     assert make("fedplora", [1], R=16, lora_alpha=32).scale == 2.0
     assert math.isclose(make("fedplora", [1], R=16, scaling="rslora", lora_alpha=8).scale, 2.0)
     assert MODULES  # shared module set is non-empty
+
+
+@pytest.mark.parametrize("name", ["fedplora", "flora", "flexlora", "hetlora", "pfedlora"])
+def test_aggregation_independent_of_completion_order(name):
+    m = make(name, [1, 2, 4, 4], R=4)
+    state = random_state(m)
+    starts = [m.client_start(state, c, 0) for c in range(4)]
+    updates = [trained(s) for s in starts]
+    a = m.aggregate(state, starts, updates).state
+    b = m.aggregate(state, list(reversed(starts)), [updates[i] for i in (2, 0, 3, 1)]).state
+    assert a.tensors.keys() == b.tensors.keys() and a.meta == b.meta
+    for k in a.tensors:
+        assert torch.equal(a.tensors[k], b.tensors[k]), k
