@@ -1,0 +1,114 @@
+"""Compact sweep progress: one line per finished trial and a periodic summary (a Tune callback)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from sweeps.spec import TrialSpec
+from sweeps.tune_runner import TRIALS_DIR, read_trial_state
+
+
+def _fmt_duration(seconds: float) -> str:
+    seconds = max(0, int(seconds))
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m" if seconds >= 3600 else f"{seconds // 60}m{seconds % 60:02d}s"
+
+
+class SweepProgress(tune.Callback):
+    """Prints ``[3/14 done 2m10s] FLoRA | IID | seed 0: accuracy=0.7120 (best 0.7200), 12 rounds, 61.3 s``.
+
+    Every ``summary_every`` seconds: completed / errors / running (with their rounds) / pending.
+    """
+
+    def __init__(self, trials: list[TrialSpec], sweep_dir: Path, summary_every: float = 60.0,
+                 log: Callable[[str], None] = print):
+        self.sweep_dir = sweep_dir
+        self.specs = {t.trial_id: t for t in trials}
+        self.summary_every = summary_every
+        self.log = log
+        self.t0 = time.perf_counter()
+        self.last_summary = self.t0
+        self.finished: dict[str, str] = {}
+        self.best: dict[str, float] = {}
+
+    def setup(self, **info: Any) -> None:
+        """Called by Tune once before the first trial starts (also after a restore)."""
+        self.t0 = self.last_summary = time.perf_counter()
+
+    def _elapsed(self) -> str:
+        return _fmt_duration(time.perf_counter() - self.t0)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        spec = self.specs.get(trial.config.get("trial"))
+        if spec is not None and isinstance(result.get(spec.metric), int | float):
+            value = float(result[spec.metric])
+            if value == value:
+                self.best[spec.trial_id] = max(value, self.best.get(spec.trial_id, value))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finished(trial, "done")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finished(trial, "ERROR")
+
+    def _finished(self, trial: Any, kind: str) -> None:
+        tid = trial.config.get("trial")
+        spec = self.specs.get(tid)
+        if spec is None:
+            return
+        self.finished[tid] = kind
+        result = trial.last_result or {}
+        own = read_trial_state(self.sweep_dir / TRIALS_DIR / tid)
+        if kind == "done":
+            value = result.get(spec.metric)
+            shown = f"{spec.metric}={value:.4f}" if isinstance(value, int | float) else f"{spec.metric}=n/a"
+            if tid in self.best:
+                shown += f" (best {self.best[tid]:.4f})"
+            detail = f"{shown}, {result.get('round', '?')} rounds"
+        else:
+            detail = own["error"][:300] if own.get("error") else _error_text(trial)
+        wall = own.get("wall_seconds", result.get("trial_wall_seconds"))
+        wall_text = f", {wall:.1f} s" if isinstance(wall, int | float) else ""
+        self.log(f"[{len(self.finished)}/{len(self.specs)} {kind} {self._elapsed()}] {spec.describe()}: "
+                 f"{detail}{wall_text}")
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        now = time.perf_counter()
+        if now - self.last_summary < self.summary_every:
+            return
+        self.last_summary = now
+        self.log(self.summary(trials))
+
+    def summary(self, trials: list) -> str:
+        """``[summary 4m00s] 5/14 completed, 1 error, 2 running (round 3/12, 7/12), 6 pending``."""
+        done = sum(1 for t in trials if t.status == "TERMINATED")
+        errors = sum(1 for t in trials if t.status == "ERROR")
+        running = [t for t in trials if t.status == "RUNNING"]
+        pending = len(self.specs) - done - errors - len(running)
+        rounds = []
+        for t in running:
+            spec = self.specs.get(t.config.get("trial"))
+            r = (t.last_result or {}).get("round", 0)
+            rounds.append(f"{r}/{spec.config.rounds if spec else '?'}")
+        running_text = f"{len(running)} running" + (f" (rounds {', '.join(rounds)})" if rounds else "")
+        return (f"[summary {self._elapsed()}] {done}/{len(self.specs)} completed, {errors} error"
+                f"{'s' if errors != 1 else ''}, {running_text}, {pending} pending")
+
+
+def _error_text(trial: Any) -> str:
+    err = getattr(trial, "error_file", None)
+    text = ""
+    try:
+        if err:
+            with open(err) as f:
+                text = f.read()
+    except OSError:
+        pass
+    for line in reversed(text.strip().splitlines()):
+        if "failed:" in line:
+            return line.split("failed:", 1)[1].strip()[:300]
+    return (text.strip().splitlines() or ["failed (see trial.json)"])[-1][:300]

@@ -1,0 +1,489 @@
+"""Sweep specifications: a base run config and the axes that vary it, expanded into validated trials.
+
+A sweep YAML::
+
+    name: my_sweep
+    base_config: configs/minilm_fedplora.yaml   # optional file (relative to this YAML, else to the cwd)
+    base:                                       # optional inline run config, merged over base_config
+      rounds: 20
+      data: {dataset: rotten_tomatoes}
+    metric: accuracy                            # optional headline metric (default: the task's own)
+    axes:
+      variants:                                 # optional named bundles of overrides (methods, ranks)
+        - {label: Fed-PLoRA, set: {method.name: fedplora}}
+        - {label: FedIT (R/2), set: {method.name: fedit, ranks.distribution: homogeneous, ranks.rank: 4}}
+      settings:                                 # optional named bundles of overrides (data splits)
+        - {label: IID, set: {data.partition: iid}}
+        - {label: non-IID (Dir 0.5), set: {data.partition: dirichlet, data.alpha: 0.5}}
+      grid:                                     # optional: dotted RunConfig key -> values
+        train.lr: [0.001, 0.0005]
+      seeds: [0, 1, 2]                          # default: the base config's seed
+
+Trials = variants x settings x grid x seeds, in that nesting order (seeds innermost). A trial's config is
+the base with its variant's, setting's, grid values, seed and then the command line's ``--set`` overrides
+applied. Every key is checked against :func:`orchestrator.config.all_keys`, every trial's full
+:class:`RunConfig` is built (and its method constructed on a probe module, which catches e.g. FedIT with
+heterogeneous ranks) before any trial starts; all problems are reported at once, each with its trial.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from orchestrator.config import RunConfig, all_keys, apply_overrides, build, unknown_key_message
+
+PRESET_DIR = Path(__file__).resolve().parent / "presets"
+TOP_KEYS = ("name", "description", "base", "base_config", "metric", "axes")
+AXES_KEYS = ("variants", "settings", "grid", "seeds")
+BUNDLE_KEYS = ("label", "set")
+METRICS = ("accuracy", "mcc", "rouge_l", "personal_accuracy", "personal_mcc", "personal_rouge_l")
+MAX_ERRORS_SHOWN = 20
+
+
+class SweepSpecError(ValueError):
+    """A sweep file or request that cannot run; the message lists every problem found."""
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A named set of dotted overrides (one variant or one setting)."""
+
+    label: str
+    overrides: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A parsed sweep: the merged base config (nested dict) and the axes. See the module docstring."""
+
+    name: str
+    base: dict[str, Any]
+    variants: tuple[Bundle, ...] = ()
+    settings: tuple[Bundle, ...] = ()
+    grid: dict[str, list[Any]] = field(default_factory=dict)
+    seeds: tuple[int, ...] | None = None
+    metric: str | None = None
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved spec as it would be written (``base`` already merged with ``base_config``)."""
+        axes: dict[str, Any] = {}
+        if self.variants:
+            axes["variants"] = [{"label": b.label, "set": dict(b.overrides)} for b in self.variants]
+        if self.settings:
+            axes["settings"] = [{"label": b.label, "set": dict(b.overrides)} for b in self.settings]
+        if self.grid:
+            axes["grid"] = {k: list(v) for k, v in self.grid.items()}
+        if self.seeds is not None:
+            axes["seeds"] = list(self.seeds)
+        out: dict[str, Any] = {"name": self.name, "description": self.description, "base": self.base,
+                               "axes": axes}
+        if self.metric:
+            out["metric"] = self.metric
+        return out
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """One trial: its stable id, labels, the grid values it takes and its validated run config."""
+
+    index: int
+    trial_id: str
+    label: str
+    setting: str
+    seed: int
+    axes: dict[str, Any]
+    config: RunConfig
+    headline: str | None = None
+
+    @property
+    def metric(self) -> str:
+        """The sweep's ``metric``, else the task's own (accuracy, mcc for CoLA, rouge_l)."""
+        from workers.task_metrics import metric_names_for
+
+        return self.headline or metric_names_for(self.config.data)[-1]
+
+    def describe(self) -> str:
+        """``Fed-PLoRA | IID | train.lr=0.001 | seed 0``."""
+        parts = [self.label] + ([self.setting] if self.setting != "default" else [])
+        parts += [f"{k}={v}" for k, v in self.axes.items()] + [f"seed {self.seed}"]
+        return " | ".join(parts)
+
+
+# ------------------------------------------------------------------------------------------------ YAML
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that also reads ``1e-3`` (no dot) as a float, as people write learning rates."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)
+                    |[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?
+                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+                    |[-+]?\.(?:inf|Inf|INF)
+                    |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def load_yaml(text: str) -> Any:
+    """Parse sweep YAML (``1e-3`` is a float)."""
+    return yaml.load(text, Loader=_Loader)
+
+
+def _read_yaml_file(path: Path, what: str) -> dict[str, Any]:
+    if not path.is_file():
+        raise SweepSpecError(f"{what} {str(path)!r} does not exist")
+    data = load_yaml(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise SweepSpecError(f"{what} {str(path)!r} must hold a mapping")
+    return data
+
+
+# --------------------------------------------------------------------------------------------- presets
+def available_presets() -> list[str]:
+    """Names of the built-in sweep presets (``sweeps/presets/*.yaml``)."""
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """The YAML file of preset ``name``; an unknown name lists the presets."""
+    path = PRESET_DIR / f"{name}.yaml"
+    if not path.is_file():
+        close = difflib.get_close_matches(name, available_presets(), n=1, cutoff=0.5)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise SweepSpecError(f"unknown preset {name!r}{hint} Available presets: {available_presets()}")
+    return path
+
+
+def load_preset(name: str) -> SweepSpec:
+    """Parse preset ``name``."""
+    return load_spec_file(preset_path(name))
+
+
+# ----------------------------------------------------------------------------------------------- parse
+def load_spec_file(path: str | Path) -> SweepSpec:
+    """Parse a sweep YAML file; ``base_config`` is resolved relative to the file, then to the cwd."""
+    path = Path(path)
+    return parse_spec(_read_yaml_file(path, "sweep file"), source_dir=path.resolve().parent,
+                      default_name=path.stem)
+
+
+def parse_spec(data: dict[str, Any], source_dir: Path | None = None, default_name: str = "sweep") -> SweepSpec:
+    """Check the structure and keys of a sweep mapping (values are checked per trial by :func:`expand`)."""
+    if not isinstance(data, dict):
+        raise SweepSpecError(f"a sweep must be a mapping with keys {list(TOP_KEYS)}; got {type(data).__name__}")
+    errors: list[str] = []
+    for key in data:
+        if key not in TOP_KEYS:
+            errors.append(_unknown("sweep key", key, TOP_KEYS))
+    base = _base(data, source_dir, errors)
+    axes = data.get("axes") or {}
+    if not isinstance(axes, dict):
+        errors.append(f"axes must be a mapping with keys {list(AXES_KEYS)}; got {axes!r}")
+        axes = {}
+    for key in axes:
+        if key not in AXES_KEYS:
+            errors.append(_unknown("axes key", key, AXES_KEYS))
+    variants = _bundles(axes, "variants", errors)
+    settings = _bundles(axes, "settings", errors)
+    grid = _grid(axes, errors)
+    seeds = _seeds(axes, errors)
+    _check_overlaps(variants, settings, grid, seeds, errors)
+    metric = data.get("metric")
+    if metric is not None and metric not in METRICS:
+        errors.append(_unknown("metric", metric, METRICS))
+    if errors:
+        raise SweepSpecError(_join("the sweep is invalid", errors))
+    return SweepSpec(name=str(data.get("name") or default_name), base=base, variants=variants, settings=settings,
+                     grid=grid, seeds=seeds, metric=metric, description=str(data.get("description") or ""))
+
+
+def _base(data: dict[str, Any], source_dir: Path | None, errors: list[str]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    if data.get("base_config") is not None:
+        path = _resolve_file(str(data["base_config"]), source_dir)
+        if path is None:
+            errors.append(f"base_config {data['base_config']!r} does not exist (looked next to the sweep file "
+                          "and in the current directory)")
+        else:
+            merged = _read_yaml_file(path, "base_config")
+    inline = data.get("base") or {}
+    if not isinstance(inline, dict):
+        errors.append(f"base must be a mapping of run-config options; got {inline!r}")
+        inline = {}
+    flat = {**_flatten_set(merged), **_flatten_set(inline)}
+    errors.extend(f"base: {m}" for m in _key_errors(flat))
+    return apply_overrides({}, {k: v for k, v in flat.items() if k in set(all_keys())})
+
+
+def _resolve_file(name: str, source_dir: Path | None) -> Path | None:
+    p = Path(name).expanduser()
+    candidates = [p] if p.is_absolute() else [c for c in ((source_dir / p) if source_dir else None, p) if c]
+    for c in candidates:
+        if c.is_file():
+            return c.resolve()
+    return None
+
+
+def _bundles(axes: dict[str, Any], key: str, errors: list[str]) -> tuple[Bundle, ...]:
+    raw = axes.get(key)
+    if key not in axes:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        errors.append(f"axes.{key} must be a non-empty list of {{label: ..., set: {{key: value}}}}; got {raw!r}")
+        return ()
+    out, seen = [], set()
+    for i, item in enumerate(raw):
+        where = f"axes.{key}[{i}]"
+        if not isinstance(item, dict) or "label" not in item:
+            errors.append(f"{where} must be a mapping {{label: ..., set: {{key: value}}}}; got {item!r}")
+            continue
+        extra = [k for k in item if k not in BUNDLE_KEYS]
+        errors.extend(f"{where}: {_unknown('key', k, BUNDLE_KEYS)}" for k in extra)
+        label = str(item["label"])
+        if label in seen:
+            errors.append(f"{where}: label {label!r} is used twice in axes.{key}")
+        seen.add(label)
+        overrides = item.get("set") or {}
+        if not isinstance(overrides, dict):
+            errors.append(f"{where} ({label!r}): set must be a mapping of dotted keys; got {overrides!r}")
+            continue
+        overrides = _flatten_set(overrides)
+        errors.extend(f"{where} ({label!r}): {m}" for m in _key_errors(overrides))
+        out.append(Bundle(label, overrides))
+    return tuple(out)
+
+
+def _grid(axes: dict[str, Any], errors: list[str]) -> dict[str, list[Any]]:
+    if "grid" not in axes:
+        return {}
+    raw = axes["grid"]
+    if not isinstance(raw, dict) or not raw:
+        errors.append(f"axes.grid is empty ({raw!r}): give at least one dotted config key with a list of values, "
+                      "e.g. grid: {train.lr: [0.001, 0.0005]}, or leave grid out")
+        return {}
+    grid: dict[str, list[Any]] = {}
+    for key, values in raw.items():
+        key = str(key)
+        if key == "seed":
+            errors.append("axes.grid: use axes.seeds: [...] for seeds, not a grid axis 'seed'")
+            continue
+        errors.extend(f"axes.grid: {m}" for m in _key_errors({key: None}))
+        if not isinstance(values, list):
+            errors.append(f"axes.grid.{key} must be a list of values; got {values!r}")
+            continue
+        if not values:
+            errors.append(f"axes.grid.{key} has no values: the grid would have zero trials")
+            continue
+        if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
+            errors.append(f"axes.grid.{key} lists a value twice: {values}")
+        if key == "method.name":
+            errors.extend(_method_errors(values, f"axes.grid.{key}"))
+        grid[key] = values
+    return grid
+
+
+def _seeds(axes: dict[str, Any], errors: list[str]) -> tuple[int, ...] | None:
+    if "seeds" not in axes:
+        return None
+    raw = axes["seeds"]
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        raw = [raw]
+    if not isinstance(raw, list) or not raw:
+        errors.append(f"axes.seeds must be a non-empty list of integers >= 0; got {raw!r}")
+        return None
+    bad = [s for s in raw if isinstance(s, bool) or not isinstance(s, int) or s < 0]
+    if bad:
+        errors.append(f"axes.seeds must be integers >= 0; bad: {bad}")
+    if len(set(raw)) != len(raw):
+        errors.append(f"axes.seeds lists a seed twice: {raw}")
+    return tuple(raw)
+
+
+def _check_overlaps(variants, settings, grid, seeds, errors: list[str]) -> None:
+    owners: dict[str, str] = {}
+    groups = [("axes.variants", {k for b in variants for k in b.overrides}),
+              ("axes.settings", {k for b in settings for k in b.overrides}),
+              ("axes.grid", set(grid)), ("axes.seeds", {"seed"} if seeds is not None else set())]
+    for name, keys in groups:
+        for key in sorted(keys):
+            if key in owners:
+                errors.append(f"{key} is set by both {owners[key]} and {name}: a trial's value would be ambiguous")
+            owners.setdefault(key, name)
+    for where, bundles in (("axes.variants", variants), ("axes.settings", settings)):
+        for b in bundles:
+            if "method.name" in b.overrides:
+                errors.extend(_method_errors([b.overrides["method.name"]], f"{where} ({b.label!r})"))
+
+
+def _method_errors(names: list[Any], where: str) -> list[str]:
+    from orchestrator.methods import available_methods
+
+    known = available_methods()
+    return [f"{where}: method.name={n!r} is not a known method; choose one of {known}" for n in names
+            if n not in known]
+
+
+def _flatten_set(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``{method: {name: x}}`` and ``{method.name: x}`` both become ``{"method.name": x}``."""
+    sections = {k.rsplit(".", 1)[0] for k in all_keys() if "." in k}
+    out: dict[str, Any] = {}
+    for key, value in overrides.items():
+        key = str(key)
+        if key in sections and isinstance(value, dict):
+            for sub, v in _flatten_set({f"{key}.{k}": v for k, v in value.items()}).items():
+                out[sub] = v
+        else:
+            out[key] = value
+    return out
+
+
+def _key_errors(overrides: dict[str, Any]) -> list[str]:
+    valid = all_keys()
+    return [unknown_key_message(k, valid) for k in overrides if k not in set(valid)]
+
+
+def _unknown(what: str, key: Any, valid: tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(str(key), list(valid), n=1, cutoff=0.5)
+    hint = f"; did you mean {close[0]!r}?" if close else ""
+    return f"unknown {what} {key!r}{hint} Valid: {list(valid)}"
+
+
+def _join(head: str, errors: list[str]) -> str:
+    shown = errors[:MAX_ERRORS_SHOWN]
+    more = f"\n  ... and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
+    return f"{head} ({len(errors)} problem{'s' if len(errors) != 1 else ''}):\n  " + "\n  ".join(shown) + more
+
+
+# ---------------------------------------------------------------------------------------------- expand
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["key=value", ...]`` (values parsed as YAML) -> ``{key: value}``; keys are checked."""
+    out: dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise SweepSpecError(f"--set expects key=value; got {item!r}")
+        key, raw = item.split("=", 1)
+        out[key.strip()] = load_yaml(raw) if raw.strip() else None
+    errors = _key_errors(out)
+    if errors:
+        raise SweepSpecError(_join("--set", errors))
+    return out
+
+
+def expand(spec: SweepSpec, overrides: dict[str, Any] | None = None) -> list[TrialSpec]:
+    """Every trial of ``spec`` with ``overrides`` (``--set``) applied last; raises listing every bad trial."""
+    overrides = dict(overrides or {})
+    errors = _key_errors(overrides)
+    axis_keys = {k for b in spec.variants + spec.settings for k in b.overrides} | set(spec.grid)
+    errors += [f"--set {k}: the sweep's axes set {k} per trial; change the axes instead" for k in overrides
+               if k in axis_keys or (k == "seed" and spec.seeds is not None)]
+    if "method.name" in overrides:
+        errors += _method_errors([overrides["method.name"]], "--set")
+    if errors:
+        raise SweepSpecError(_join("the sweep cannot run", errors))
+    variants = spec.variants or (None,)
+    settings = spec.settings or (None,)
+    grid_points = [dict(zip(spec.grid, values)) for values in itertools.product(*spec.grid.values())]
+    seeds = spec.seeds if spec.seeds is not None else (None,)
+    trials: list[TrialSpec] = []
+    bad: dict[str, list[str]] = {}
+    for index, (variant, setting, point, seed) in enumerate(itertools.product(variants, settings, grid_points,
+                                                                              seeds)):
+        layers: dict[str, Any] = {}
+        for part in (variant.overrides if variant else {}, setting.overrides if setting else {}, point):
+            layers.update(part)
+        if seed is not None:
+            layers["seed"] = seed
+        layers.update(overrides)
+        label = variant.label if variant else None
+        setting_label = setting.label if setting else "default"
+        try:
+            cfg = build(RunConfig, apply_overrides(spec.base, layers))
+            _probe_method(cfg)
+        except (ValueError, TypeError) as err:
+            bad.setdefault(str(err), []).append(_where(index, label, setting_label, point, seed))
+            continue
+        label = label or cfg.method.name
+        trials.append(TrialSpec(index=index, trial_id=trial_id(index, label, setting_label, point, cfg.seed),
+                                label=label, setting=setting_label, seed=cfg.seed, axes=dict(point), config=cfg,
+                                headline=spec.metric))
+    if bad:
+        total = len(trials) + sum(len(w) for w in bad.values())
+        errors = [f"{message}  <- {_which(where, total)}" for message, where in bad.items()]
+        raise SweepSpecError(_join("invalid trials (nothing was started)", errors))
+    if not trials:
+        raise SweepSpecError("the sweep has zero trials")
+    return trials
+
+
+def _where(index: int, label: str | None, setting: str, point: dict[str, Any], seed: int | None) -> str:
+    parts = [p for p in (label, setting if setting != "default" else None) if p]
+    parts += [f"{k}={v}" for k, v in point.items()]
+    if seed is not None:
+        parts.append(f"seed {seed}")
+    return f"trial {index} ({' | '.join(parts) or 'base'})"
+
+
+def _which(where: list[str], total: int) -> str:
+    if len(where) == total and total > 1:
+        return f"all {total} trials"
+    shown = "; ".join(where[:3])
+    return shown + (f"; and {len(where) - 3} more trials" if len(where) > 3 else "")
+
+
+def _probe_method(cfg: RunConfig) -> None:
+    """Build the trial's method on a probe module: catches method/rank mismatches before any trial starts."""
+    from orchestrator.methods import build_method
+    from orchestrator.ranks import assign_ranks
+    from orchestrator.types import ModuleSpec
+
+    size = 4 * cfg.ranks.max_rank + 8
+    ranks = assign_ranks(cfg.ranks, cfg.data.num_clients, cfg.seed)
+    build_method(cfg.method, [ModuleSpec("probe", size, size)], ranks, cfg.ranks.max_rank, cfg.seed)
+
+
+def _slug(text: Any) -> str:
+    s = re.sub(r"[^a-z0-9.=]+", "-", str(text).lower()).strip("-")
+    return s or "x"
+
+
+def trial_id(index: int, label: str, setting: str, point: dict[str, Any], seed: int) -> str:
+    """Stable, readable id: ``003-fedit-r-2-non-iid-dir-0.5-lr=0.001-s0`` (the index keeps it unique)."""
+    parts = [f"{index:03d}", _slug(label)]
+    if setting != "default":
+        parts.append(_slug(setting))
+    parts += [_slug(f"{k.rsplit('.', 1)[-1]}={v}") for k, v in point.items()]
+    parts.append(f"s{seed}")
+    tid = "-".join(parts)
+    return tid if len(tid) <= 96 else tid[:88].rstrip("-") + "-" + hashlib.sha1(tid.encode()).hexdigest()[:7]
+
+
+def sweep_fingerprint(trials: list[TrialSpec]) -> str:
+    """Hash of every trial's id and full config except ``resources`` (the same sweep on another cluster)."""
+    items = [(t.trial_id, t.label, t.setting, json.dumps(t.axes, sort_keys=True, default=str),
+              t.config.fingerprint(exclude=("resources",))) for t in trials]
+    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
+
+
+def columns_of(trial: TrialSpec) -> dict[str, Any]:
+    """The identifying columns of a trial in the result tables (grid axes by dotted key + key config)."""
+    cfg = trial.config.to_dict()
+    out: dict[str, Any] = {"trial_id": trial.trial_id, "label": trial.label, "setting": trial.setting,
+                           "seed": trial.seed}
+    for key in ("method.name", "ranks.distribution", "data.partition", *trial.axes):
+        section, _, leaf = key.rpartition(".")
+        node = cfg
+        for part in section.split(".") if section else ():
+            node = node[part]
+        value = node[leaf]
+        out[key] = json.dumps(value) if isinstance(value, list | dict) else value
+    return out

@@ -1,0 +1,240 @@
+"""Ray Tune glue: one Tune trial = one federated experiment, reserving its actors' resources.
+
+Each trial is a function trainable wrapped as ``tune.with_resources(trainable, PlacementGroupFactory([driver
+bundle] + [worker bundle] * num_workers))``. The driver bundle is empty by default (the trainable and the
+Driver actor, ``num_cpus=0``, mostly wait on workers; ``driver_cpus`` reserves CPU for them); Tune then
+puts the trainable on bundle 0 with zero resources. Tune schedules the trainable with
+``placement_group_capture_child_tasks=True``, so the Driver actor it creates and the ClientWorker actors
+the Driver creates all land in the trial's placement group (checked by ``tests/test_sweeps.py``). The
+worker bundle comes from :func:`workers.resources.resolve_resources` against the cluster, with its
+fail-fast checks, before any trial starts; the resolved GPU share is written into the trial's config
+(``resources.gpus_per_worker``) so the Driver, which resolves again against the trial's bundle totals,
+asks for exactly the reserved share.
+
+The trainable writes into ``SWEEP_DIR/trials/<trial_id>/`` (a stable id from the trial's position and
+labels): the Experiment's own files and checkpoints, plus ``trial.json`` (status, rounds, wall time,
+error message). After every round it calls ``tune.report(round metrics)``; on rounds where the Experiment
+checkpointed it attaches a tiny Tune checkpoint that records the round. On restore it resumes the
+Experiment from its folder, which holds the real state; a finished trial is not rerun.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from orchestrator.checkpoint import atomic_write_text
+from orchestrator.config import RunConfig, build
+from sweeps.spec import TrialSpec
+from workers.resources import resolve_resources
+
+TRIALS_DIR = "trials"
+TUNE_DIR = "tune"
+TRIAL_STATE = "trial.json"
+PLACEMENT_FILE = "placement.json"
+NON_SCALAR = ("client_rows", "similarity")
+MAX_ERROR_CHARS = 2000
+
+
+class SweepResourceError(ValueError):
+    """A trial whose worker pool can never fit the cluster (raised before any trial starts)."""
+
+
+# ------------------------------------------------------------------------------------------- resources
+def plan_resources(trials: list[TrialSpec], cluster: dict[str, float], driver_cpus: float = 0.0
+                   ) -> dict[str, dict[str, Any]]:
+    """Per trial: its bundles and the config to run (GPU share pinned); raises listing trials that cannot fit."""
+    plan, errors = {}, []
+    for t in trials:
+        try:
+            wr = resolve_resources(t.config.resources, cluster)
+        except ValueError as err:
+            errors.append(f"{t.trial_id} ({t.describe()}): {err}")
+            continue
+        if driver_cpus + wr.num_workers * wr.num_cpus > float(cluster.get("CPU", 0.0)) + 1e-9:
+            errors.append(f"{t.trial_id}: driver {driver_cpus:g} CPU + {wr.num_workers} workers x "
+                          f"{wr.num_cpus:g} CPU exceed the cluster's {cluster.get('CPU', 0):g} CPUs")
+            continue
+        config = t.config.to_dict()
+        if wr.num_gpus > 0:
+            config["resources"]["gpus_per_worker"] = wr.num_gpus
+        head = {"CPU": float(driver_cpus)} if driver_cpus > 0 else {}
+        bundles = [head] + [wr.bundle() for _ in range(wr.num_workers)]
+        totals: dict[str, float] = {}
+        for b in bundles:
+            for k, v in b.items():
+                totals[k] = totals.get(k, 0.0) + v
+        plan[t.trial_id] = {"config": config, "bundles": bundles, "cluster_resources": totals}
+    if errors:
+        have = {k: v for k, v in cluster.items() if k in ("CPU", "GPU")}
+        raise SweepResourceError(f"{len(errors)} trial(s) can never be placed on this Ray cluster {have} "
+                                 "(nothing was started):\n  " + "\n  ".join(errors[:20]))
+    return plan
+
+
+def placement_factory(plan: dict[str, dict[str, Any]]) -> Callable[[dict], Any]:
+    """``resources=`` callable of ``tune.with_resources``: the trial's PlacementGroupFactory."""
+    from ray import tune
+
+    def factory(config: dict) -> Any:
+        return tune.PlacementGroupFactory(plan[config["trial"]]["bundles"], strategy="PACK")
+
+    return factory
+
+
+# ------------------------------------------------------------------------------------------- trainable
+def read_trial_state(out: Path) -> dict[str, Any]:
+    """``trial.json`` of a trial folder (empty dict when absent)."""
+    path = out / TRIAL_STATE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _write_state(out: Path, state: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    state["ended_at"] = time.time()
+    atomic_write_text(out / TRIAL_STATE, json.dumps(state, indent=1, default=str))
+
+
+def short_error(err: BaseException) -> str:
+    """``Type: message`` of the root cause, never a stack dump.
+
+    Ray wraps a remote failure (e.g. ``ActorDiedError`` around the Driver's ``WorkerStartupError``) in a
+    text that holds the remote traceback; its last ``SomeError: message`` line is the root cause.
+    """
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err)).strip()
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if len(lines) > 1:
+        causes = [ln for ln in lines if re.match(r"^[\w.]*(Error|Exception|Interrupt)\b.*?: ", ln)]
+        if causes:
+            name, _, message = causes[-1].partition(": ")
+            return f"{name.rsplit('.', 1)[-1]}: {message}"[:MAX_ERROR_CHARS]
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"[:MAX_ERROR_CHARS]
+
+
+def scalar_metrics(record: dict[str, Any]) -> dict[str, Any]:
+    """The round record without per-client rows and the similarity matrix (what Tune gets)."""
+    return {k: v for k, v in record.items() if k not in NON_SCALAR and isinstance(v, int | float | str | bool)}
+
+
+def _tune_checkpoint(trial_id: str, round_: int):
+    from ray import tune
+
+    folder = tempfile.mkdtemp(prefix="sweep-ckpt-")
+    Path(folder, "round.json").write_text(json.dumps({"trial_id": trial_id, "round": round_}))
+    return tune.Checkpoint.from_directory(folder), folder
+
+
+def _tune_checkpoint_round() -> int | None:
+    from ray import tune
+
+    ckpt = tune.get_checkpoint()
+    if ckpt is None:
+        return None
+    with ckpt.as_directory() as d:
+        path = Path(d, "round.json")
+        return int(json.loads(path.read_text())["round"]) if path.is_file() else None
+
+
+def record_placement(out: Path) -> dict[str, Any]:
+    """Write ``placement.json``: the trial's placement group, its bundles and what its actors hold.
+
+    ``used``: per placement-group resource (``GPU_group_<i>_<id>`` = bundle ``i``), the amount taken by
+    the actors now in it (total minus available), e.g. 0.25 GPU in every worker bundle.
+    """
+    import ray
+    from ray.util import get_current_placement_group
+
+    pg = get_current_placement_group()
+    info: dict[str, Any] = {"pid": os.getpid(), "time": time.time(), "node_id": ray.get_runtime_context().get_node_id(),
+                            "cluster_gpus": ray.cluster_resources().get("GPU", 0.0)}
+    if pg is not None:
+        pid = pg.id.hex()
+        total, free = ray.cluster_resources(), ray.available_resources()
+        info.update(placement_group_id=pid, bundles=pg.bundle_specs,
+                    used={k: round(v - free.get(k, 0.0), 6) for k, v in total.items()
+                          if k.endswith(f"_{pid}") and not k.startswith("bundle_group")})
+    atomic_write_text(out / PLACEMENT_FILE, json.dumps(info, indent=1))
+    return info
+
+
+def run_trial(config: dict[str, Any], sweep_dir: str, plan: dict[str, dict[str, Any]]) -> None:
+    """Tune function trainable: run (or resume) the trial ``config["trial"]`` in its own folder."""
+    from orchestrator.run import Experiment
+
+    trial_id = config["trial"]
+    entry = plan[trial_id]
+    cfg: RunConfig = build(RunConfig, entry["config"])
+    out = Path(sweep_dir) / TRIALS_DIR / trial_id
+    state = read_trial_state(out)
+    if state.get("status") == "completed" and (out / "summary.json").is_file():
+        _report_finished(out, trial_id, state)
+        return
+    prior_wall = float(state.get("wall_seconds", 0.0))
+    state.update(trial_id=trial_id, attempts=int(state.get("attempts", 0)) + 1, status="running", error=None,
+                 started_at=time.time())
+    t0 = time.perf_counter()
+    exp = None
+    try:
+        tune_round = _tune_checkpoint_round()
+        exp = Experiment(cfg, out, resume=True, cluster_resources=entry["cluster_resources"])
+        state["setup_seconds"] = time.perf_counter() - t0
+        if tune_round is not None and tune_round > exp.completed:
+            raise RuntimeError(f"Tune's checkpoint says round {tune_round} but {out} holds {exp.completed} "
+                               "rounds: the trial folder was replaced; start a new sweep folder")
+        record_placement(out)
+        reported = False
+        while exp.completed < cfg.rounds:
+            record = exp.step()
+            state.update(rounds_completed=exp.completed, wall_seconds=prior_wall + time.perf_counter() - t0)
+            _write_state(out, state)
+            due = record["round"] % cfg.checkpoint_every == 0 or record["round"] == cfg.rounds
+            _report(trial_id, record, state, due)
+            reported = True
+        exp.finish()
+        state.update(status="completed", rounds_completed=exp.completed,
+                     wall_seconds=prior_wall + time.perf_counter() - t0)
+        _write_state(out, state)
+        if not reported:
+            _report(trial_id, exp.records[-1], state, True)
+    except Exception as err:
+        state.update(status="error", error=short_error(err), wall_seconds=prior_wall + time.perf_counter() - t0,
+                     rounds_completed=exp.completed if exp is not None else state.get("rounds_completed", 0))
+        _write_state(out, state)
+        raise RuntimeError(f"trial {trial_id} failed: {state['error']}") from None
+    finally:
+        if exp is not None:
+            exp.close()
+
+
+def _report(trial_id: str, record: dict[str, Any], state: dict[str, Any], checkpoint: bool) -> None:
+    import shutil
+
+    from ray import tune
+
+    metrics = {**scalar_metrics(record), "trial_id": trial_id, "trial_wall_seconds": state["wall_seconds"],
+               "trial_status": state["status"]}
+    if not checkpoint:
+        tune.report(metrics)
+        return
+    ckpt, folder = _tune_checkpoint(trial_id, int(record["round"]))
+    try:
+        tune.report(metrics, checkpoint=ckpt)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _report_finished(out: Path, trial_id: str, state: dict[str, Any]) -> None:
+    """A restored trial that had already finished: report its last round again, run nothing."""
+    import pandas as pd
+
+    rounds = pd.read_csv(out / "rounds.csv")
+    record = {k: v.item() if hasattr(v, "item") else v for k, v in rounds.iloc[-1].items()}
+    record = {k: v for k, v in record.items() if not (isinstance(v, float) and math.isnan(v))}
+    _report(trial_id, record, state, True)
