@@ -438,7 +438,8 @@ BOOKKEEPING_ROUNDS = (10, 100, 500)
 def bookkeeping_cost(record: dict, driver, cfg: RunConfig) -> list[dict]:
     """What ``Experiment.step`` adds after the driver's round once ``k`` rounds are done: the rewrite of
     rounds.csv / clients.csv / similarity.csv (``write_round_files``) and the checkpoint (state + every record
-    so far as JSON), timed with ``k`` copies of a real record of this run."""
+    so far as JSON), timed with ``k`` copies of a real record of this run.
+    """
     from orchestrator.checkpoint import save_checkpoint
     from orchestrator.outputs import write_round_files
 
@@ -529,7 +530,8 @@ def cosine_similarity_vectorized(starts: list[ClientStart], updates: list[Client
 
 def metrics_breakdown(participants: list[int], repeats: int = 1) -> list[dict]:
     """Each per-round measurement of ``Driver.run_round`` (metrics.noise + similarity), timed separately on a
-    Fed-PLoRA round-1 state with synthetic updates (ranks 1/4/8 groups, R = 8)."""
+    Fed-PLoRA round-1 state with synthetic updates (ranks 1/4/8 groups, R = 8).
+    """
     from orchestrator.method_config import MethodConfig
     from orchestrator.metrics import (
         aggregation_noise,

@@ -75,7 +75,7 @@ from orchestrator.methods import build_method  # noqa: E402
 from orchestrator.outputs import package_versions  # noqa: E402
 from orchestrator.ranks import assign_ranks  # noqa: E402
 from orchestrator.rng import generator  # noqa: E402
-from orchestrator.types import ClientStart, ModuleSpec  # noqa: E402
+from orchestrator.types import ClientStart  # noqa: E402
 from workers.actor import ClientWorker, make_worker  # noqa: E402
 from workers.local_training import batch_indices  # noqa: E402
 from workers.models import _resolve_source  # noqa: E402
