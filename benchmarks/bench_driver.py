@@ -733,6 +733,75 @@ def render(result: dict) -> str:
     return "\n".join(lines)
 
 
+def notes(result: dict) -> list[str]:
+    """Findings computed from this run's numbers."""
+    out = []
+    ab = result.get("overhead")
+    if ab:
+        V = ab["variants"]
+        two, one = V["ray, 2 workers"], V["ray, 1 worker"]
+        out.append(
+            f"`summary.json`'s `overhead_ratio` ({two['summary_overhead_ratio']:.3f} for 2 workers) is measured inside "
+            f"the driver actor (sum of `t_round`), so it leaves out what the caller waits for around each round "
+            f"(the Ray call, the rewrite of rounds/clients/similarity CSVs and the checkpoint: "
+            f"{two['outside_driver_round_total']:.2f} s here over {ab['rounds']} rounds), the startup "
+            f"({two['t_startup'] + ab['t_ray_init']:.1f} s incl. `ray.init`) and `finish`; and its ideal counts "
+            f"`t_client_starts` + `t_metrics` ({two['t_client_starts_total'] + two['t_metrics_total']:.2f} s here) as "
+            f"ideal work, so the cost of the optional noise/similarity metrics never shows as overhead (at 100 "
+            f"participants they take seconds per round, part (c)). Honest per-round ratio (caller's rounds wall / "
+            f"ideal without them): {two['ratio_rounds_wall_over_ideal']:.3f}; including startup: "
+            f"{two['ratio_with_startup']:.3f}.")
+        out.append(
+            f"The 2-worker overhead over the ideal is mostly job granularity, not Ray: the pool's greedy dispatch of the "
+            f"measured job times with zero overhead already takes {two['greedy_makespan_total']:.1f} s vs "
+            f"sum/2 = {two['train_ideal_total']:.1f} s (rounds wall / greedy ideal "
+            f"{two['ratio_rounds_wall_over_ideal_greedy']:.3f}); dispatching the longest jobs first (LPT, e.g. by "
+            f"rank x steps) would make it {two['lpt_makespan_total']:.1f} s on these job times.")
+        if "plain loop, 1 thread" in V:
+            p1 = V["plain loop, 1 thread"]
+            infl = two["client_compute_sum_s"] / one["client_compute_sum_s"]
+            sharded = two["rounds_wall_s"] - two["t_eval_total"] / 2
+            out.append(
+                f"Why 2 workers are {p1['rounds_wall_s'] / two['rounds_wall_s']:.2f}x and not 2x the plain loop: (1) "
+                f"evaluation runs as one job on one worker while the other idles: {two['t_eval_total']:.1f} s of the "
+                f"{two['rounds_wall_s']:.1f} s (split over both workers it would be about half: rounds wall ~"
+                f"{sharded:.1f} s, {p1['rounds_wall_s'] / sharded:.2f}x); (2) the same jobs take {infl:.2f}x the "
+                f"compute when both workers train at once ({two['client_compute_sum_s']:.1f} s vs "
+                f"{one['client_compute_sum_s']:.1f} s with 1 worker): the 2 vCPUs (1 thread per core) also serve the "
+                f"other jobs on this shared machine (load average {', '.join(f'{x:.2f}' for x in ab['load_after_each_round'])}"
+                f"); (3) job granularity (previous note).")
+            out.append(
+                "Ray starts worker processes at nice 15 (`RAY_worker_niceness`), the plain loop runs at nice 0: under "
+                "competing load the actors get a smaller CPU share (see worker.md). In this run the nice-0 actors "
+                f"made no difference ({V['ray, 2 workers, nice 0']['rounds_wall_s']:.1f} s vs "
+                f"{two['rounds_wall_s']:.1f} s)." if "ray, 2 workers, nice 0" in V else
+                "Ray starts worker processes at nice 15 (`RAY_worker_niceness`); the plain loop runs at nice 0.")
+    sc = result.get("scale")
+    if sc and sc.get("metrics"):
+        big = [r for r in sc["metrics"] if r["participants"] == max(x["participants"] for x in sc["metrics"])]
+        small = [r for r in sc["metrics"] if r["participants"] == min(x["participants"] for x in sc["metrics"])]
+        a, b = small[0], big[0]
+        out.append(
+            f"Per-round driver time grows with the participants, not the total clients, but superlinearly: "
+            f"`orchestrator/metrics.py::module_cosine_similarity` (called every round by `Driver._similarity`, on by "
+            f"default: `metrics.similarity_module = ''`) loops in Python over every pair of (client, slot) rows "
+            f"(four nested loops, one 0-d `a @ b` and two scalar tensor writes per pair): O((sum of participants' "
+            f"ranks)^2) Python ops, {a['ms']['module_cosine_similarity']:.0f} ms at {a['participants']} participants, "
+            f"{b['ms']['module_cosine_similarity']:,.0f} ms at {b['participants']} ({b['shape']} shapes; the cost does "
+            f"not depend on the module size). One Gram matrix of the stacked normalized rows + `index_add_` into the "
+            f"(R, R) sums and counts (`cosine_similarity_vectorized` in this file) gives the same matrix (max abs diff "
+            f"{max(r['vectorized_max_abs_diff'] for r in sc['metrics']):.0e}) in "
+            f"{b['ms']['similarity, vectorized']:.0f} ms at {b['participants']}.")
+        worst = max(sc["results"], key=lambda r: r["participants"])["bookkeeping"][-1]
+        out.append(
+            f"`Experiment.step` rewrites every CSV and the checkpoint's `state.json` (all records so far, with every "
+            f"client row and similarity matrix, pretty-printed and fsynced) after every round, so its cost grows with "
+            f"the rounds done: {worst['write_round_files_s'] + worst['checkpoint_s']:.2f} s per round after "
+            f"{worst['rounds_done']} rounds of 100 participants (state.json {worst['state_json_bytes'] / 1e6:.0f} MB), "
+            "quadratic over a run. Appending rows (CSV append, one JSON line per round) would keep it constant.")
+    return out
+
+
 def write_markdown(path: Path, result: dict, table: str) -> None:
     m = result["machine"]
     v = m["versions"]
@@ -744,8 +813,9 @@ def write_markdown(path: Path, result: dict, table: str) -> None:
             f"{m['date_utc']}; load average (1/5/15 min) {m['loadavg_start']} at start, {m.get('loadavg_end')} at end. "
             f"Python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, peft {v['peft']}, ray "
             f"{v['ray']}, pandas {v['pandas']}. Wall time {result['wall_s']:.0f} s.", "", table, ""]
-    if result.get("notes"):
-        text += ["## Notes", ""] + [f"- {n}" for n in result["notes"]] + [""]
+    found = notes(result)
+    if found:
+        text += ["## Findings", ""] + [f"- {n}" for n in found] + [""]
     path.write_text("\n".join(text))
 
 
@@ -799,7 +869,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--skip-scale", action="store_true")
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 2 steps, scale 10 and 100 clients")
     ap.add_argument("--out", default=None, help="JSON output (default benchmarks/results/driver.json; --quick: none)")
+    ap.add_argument("--render", metavar="JSON", help="only rewrite the markdown next to an existing result JSON")
     args = ap.parse_args(argv)
+    if args.render:
+        result = json.loads(Path(args.render).read_text())
+        write_markdown(Path(args.render).with_suffix(".md"), result, render(result))
+        return result
 
     import ray
 
