@@ -31,7 +31,10 @@ cluster has 2 CPUs). The runs train the same numbers: their final accuracies and
 Part (c), scale. ``Driver`` (in a fresh process per size, workers on the parent's Ray instance) with the tiny
 random Llama (``model.name = tiny-llama``, classification on Rotten Tomatoes, 1 local step of batch 4) and 10,
 100 and 1,000 clients at 10% participation, plus 1,000 clients at 1% (the same 10 participants as 100 clients
-at 10%: isolates the dependence on the total number of clients). Driver time per round = ``t_client_starts +
+at 10%: isolates the dependence on the total number of clients). Every client has rank 4 = R (``ranks.distribution
+= homogeneous``): with the default rank groups (1/4/8) a round's cost depends on which ranks were sampled (the
+similarity metric is quadratic in the participants' rank sum; 49-148 ms per round for 10 participants in a trial
+run), which would blur the comparison. Driver time per round = ``t_client_starts +
 t_aggregate + t_metrics`` (median over rounds after the first); driver RSS (psutil, the driver process) after
 init and after the last round; ``Driver.__init__`` time.
 
@@ -383,6 +386,9 @@ def greedy_makespan(durations: list[float], workers: int) -> float:
 
 
 # ---- part (c): scale ------------------------------------------------------------------------------------------
+SCALE_RANK = 4  # every client at rank R = 4: a round's cost depends on its participants only, not on their rank mix
+
+
 def scale_child(n_clients: int, participation: float, rounds: int, address: str) -> dict:
     """One Driver in this process (workers on the parent's Ray): driver time per round and driver memory."""
     import ray
@@ -396,7 +402,7 @@ def scale_child(n_clients: int, participation: float, rounds: int, address: str)
         "seed": 0, "rounds": rounds, "participation": participation, "eval_every": 10**6,
         "model.name": "tiny-llama", "data.dataset": "rotten_tomatoes", "data.num_clients": n_clients,
         "data.global_test_size": 50, "data.max_length": 32, "train.local_steps": 1, "train.batch_size": 4,
-        "ranks.max_rank": 8, "ranks.mid_rank": 4, "resources.num_workers": 2})
+        "ranks.distribution": "homogeneous", "ranks.max_rank": SCALE_RANK, "resources.num_workers": 2})
     gc.collect()
     rss0 = proc.memory_info().rss / MiB
     t0 = time.perf_counter()
@@ -407,8 +413,8 @@ def scale_child(n_clients: int, participation: float, rounds: int, address: str)
     rows = []
     for _ in range(rounds):
         rec = driver.run_round()
-        rows.append({k: rec[k] for k in ("round", "clients", "t_client_starts", "t_aggregate", "t_metrics", "t_eval",
-                                         "t_train_wall", "t_round", "t_client_compute_sum")}
+        rows.append({k: rec[k] for k in ("round", "clients", "mean_rank", "t_client_starts", "t_aggregate", "t_metrics",
+                                         "t_eval", "t_train_wall", "t_round", "t_client_compute_sum")}
                     | {"rss_mib": proc.memory_info().rss / MiB})
     hwm = None
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -424,6 +430,7 @@ def scale_child(n_clients: int, participation: float, rounds: int, address: str)
             "rounds": rows, "t_init_s": t_init, "rss_before_mib": rss0, "rss_after_init_mib": rss_init,
             "rss_after_last_mib": rows[-1]["rss_mib"], "rss_peak_mib": hwm,
             "driver_s_median": statistics.median(r["driver_s"] for r in timed),
+            "rank_sum_median": statistics.median(r["mean_rank"] * r["clients"] for r in timed),
             "client_start_s_median": statistics.median(r["t_client_starts"] for r in timed),
             "aggregate_s_median": statistics.median(r["t_aggregate"] for r in timed),
             "metrics_s_median": statistics.median(r["t_metrics"] for r in timed),
@@ -600,6 +607,31 @@ def machine_info() -> dict:
             "mem_total_gib": round(psutil.virtual_memory().total / 2**30, 1), "versions": package_versions()}
 
 
+def scale_verdict(results: list[dict]) -> str:
+    """PASS/FAIL of part (c) from its rows: same participants, 10x the total clients; and 10x the participants."""
+    by = {(r["clients"], r["participation"]): r for r in results}
+    parts = []
+    if (100, 0.1) in by and (1000, 0.01) in by:
+        a, b = by[(100, 0.1)], by[(1000, 0.01)]
+        ratio = b["driver_s_median"] / a["driver_s_median"]
+        parts.append(f"**Same {a['participants']} participants, 1,000 vs 100 total clients: driver time ratio "
+                     f"{ratio:.2f}, RSS after the last round {b['rss_after_last_mib']:.0f} vs "
+                     f"{a['rss_after_last_mib']:.0f} MiB: {'PASS' if ratio <= 1.25 else 'FAIL'} (no dependence on the "
+                     "total number of clients).**")
+    if (100, 0.1) in by and (1000, 0.1) in by:
+        a, b = by[(100, 0.1)], by[(1000, 0.1)]
+        growth = b["driver_s_median"] / a["driver_s_median"]
+        linear = b["participants"] / a["participants"]
+        lin_a = a["client_start_s_median"] + a["aggregate_s_median"]
+        lin_b = b["client_start_s_median"] + b["aggregate_s_median"]
+        parts.append(f"**{linear:.0f}x the participants ({a['participants']} -> {b['participants']}): driver time "
+                     f"{growth:.0f}x ({'PASS' if growth <= 1.5 * linear else 'FAIL'}: superlinear), of which "
+                     f"client_start + aggregate {lin_b / lin_a:.1f}x (linear) and the metrics "
+                     f"{b['metrics_s_median'] / a['metrics_s_median']:.0f}x (the similarity metric is quadratic, "
+                     "next table).**")
+    return " ".join(parts)
+
+
 def render(result: dict) -> str:
     lines = []
     ab = result.get("overhead")
@@ -682,17 +714,33 @@ def render(result: dict) -> str:
             lines.append("")
         lines.append(f"Load average (1 min) after each round: {', '.join(f'{x:.2f}' for x in ab['load_after_each_round'])}.")
         lines.append("")
+        if ab.get("earlier_runs"):
+            lines.append("Earlier full runs of parts (a) and (b) on the same day (other tenants' load differed; kept for "
+                         "the spread):")
+            lines.append("")
+            lines.append("| date (UTC) | load after each round | 2 workers: rounds wall / ideal | summary.json ratio | "
+                         "incl. startup | 1 worker / plain | 2-worker speedup (same-round median) | nice 0 speedup | "
+                         "2-worker compute / 1-worker compute |")
+            lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
+            for e in ab["earlier_runs"]:
+                lines.append(f"| {e['date_utc']} | {', '.join(f'{x:.2f}' for x in e['load_after_each_round'])} | "
+                             f"{e['ratio_rounds_wall_over_ideal_2w']:.3f} | {e['summary_overhead_ratio_2w']:.3f} | "
+                             f"{e['ratio_with_startup_2w']:.3f} | {e['one_worker_over_plain']:.3f} | "
+                             f"{e['speedup_two_workers']:.2f}x ({e['speedup_two_workers_same_round']:.2f}x) | "
+                             f"{e['speedup_two_workers_nice0']:.2f}x | {e['compute_inflation_2w_vs_1w']:.2f} |")
+            lines.append("")
     sc = result.get("scale")
     if sc:
-        lines.append("## (c) Driver scale (tiny-llama, 1 local step of batch 4; fedplora, ranks 1/4/8, metrics on, 2 "
-                     "workers)")
+        lines.append("## (c) Driver scale (tiny-llama, 1 local step of batch 4; fedplora, every client at rank 4 = R, "
+                     "metrics on, 2 workers)")
         lines.append("")
-        lines.append("| total clients | participation | participants | driver ms/round | client_start ms | aggregate ms | "
+        lines.append("| total clients | participation | participants | rank sum | driver ms/round | client_start ms | aggregate ms | "
                      "metrics ms | driver round excl. training and eval ms | driver ms / participant | Driver init s | "
                      "RSS before / after init / after last round MiB | peak RSS MiB |")
-        lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
+        lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
         for r in sc["results"]:
             lines.append(f"| {r['clients']} | {r['participation']:g} | {r['participants']} | "
+                         f"{r.get('rank_sum_median', float('nan')):.0f} | "
                          f"{1e3 * r['driver_s_median']:.1f} | {1e3 * r['client_start_s_median']:.1f} | "
                          f"{1e3 * r['aggregate_s_median']:.1f} | {1e3 * r['metrics_s_median']:.1f} | "
                          f"{1e3 * r['driver_rest_s_median']:.1f} | {1e3 * r['driver_s_median'] / r['participants']:.2f} | "
@@ -701,7 +749,8 @@ def render(result: dict) -> str:
         lines.append("")
         lines.append(f"Medians over rounds 2..{sc['rounds']}. driver = client_start + aggregate + metrics; the "
                      "next column is t_round - train wall - eval (those three plus sampling, bytes, records). "
-                     "RSS: the driver's process (in-process `Driver`; the workers are other processes). " + sc["verdict"])
+                     "RSS: the driver's process (in-process `Driver`; the workers are other processes). " +
+                     scale_verdict(sc["results"]))
         lines.append("")
         mb = sc.get("metrics")
         if mb:
@@ -812,7 +861,13 @@ def write_markdown(path: Path, result: dict, table: str) -> None:
             f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, {m['mem_total_gib']} GiB; {m['platform']}; "
             f"{m['date_utc']}; load average (1/5/15 min) {m['loadavg_start']} at start, {m.get('loadavg_end')} at end. "
             f"Python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, peft {v['peft']}, ray "
-            f"{v['ray']}, pandas {v['pandas']}. Wall time {result['wall_s']:.0f} s.", "", table, ""]
+            f"{v['ray']}, pandas {v['pandas']}. Wall time {result['wall_s']:.0f} s.", ""]
+    for run in result.get("runs", []):
+        rm = run["machine"]
+        text += [f"Parts not rerun by this command come from an earlier one: `{run['command']}` on {rm['date_utc']}, "
+                 f"load average {rm['loadavg_start']} at start, {rm.get('loadavg_end')} at end, wall time "
+                 f"{run['wall_s']:.0f} s.", ""]
+    text += [table, ""]
     found = notes(result)
     if found:
         text += ["## Findings", ""] + [f"- {n}" for n in found] + [""]
@@ -870,6 +925,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 2 steps, scale 10 and 100 clients")
     ap.add_argument("--out", default=None, help="JSON output (default benchmarks/results/driver.json; --quick: none)")
     ap.add_argument("--render", metavar="JSON", help="only rewrite the markdown next to an existing result JSON")
+    ap.add_argument("--update", action="store_true",
+                    help="keep the parts of the existing --out JSON that this invocation skips (e.g. rerun part c only)")
     args = ap.parse_args(argv)
     if args.render:
         result = json.loads(Path(args.render).read_text())
@@ -903,15 +960,7 @@ def main(argv: list[str] | None = None) -> dict:
             result["overhead"] = ab
         if not args.skip_scale:
             res = scale(sizes, scale_rounds)
-            by = {(r["clients"], r["participation"]): r for r in res}
-            verdict = ""
-            if (100, 0.1) in by and (1000, 0.01) in by:
-                a, b = by[(100, 0.1)], by[(1000, 0.01)]
-                ratio = b["driver_s_median"] / a["driver_s_median"]
-                verdict = (f"Same 10 participants, 1,000 vs 100 total clients: driver time ratio {ratio:.2f} "
-                           f"({'PASS' if ratio <= 1.25 else 'FAIL'}: grows with the participants, not the total "
-                           "clients, if ~1).")
-            result["scale"] = {"rounds": scale_rounds, "results": res, "verdict": verdict,
+            result["scale"] = {"rounds": scale_rounds, "results": res,
                                "metrics": metrics_breakdown([10, 100] if args.quick else [10, 30, 100])}
     finally:
         ray.shutdown()
@@ -919,11 +968,18 @@ def main(argv: list[str] | None = None) -> dict:
     result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
     result["wall_s"] = time.perf_counter() - t_wall
     table = render(result)
+    out = args.out or (None if args.quick else "benchmarks/results/driver.json")
     print()
     print(table)
-    out = args.out or (None if args.quick else "benchmarks/results/driver.json")
     if out:
         out_path = Path(out) if os.path.isabs(out) else ROOT / out
+        if args.update and out_path.is_file():
+            old = json.loads(out_path.read_text())
+            for part in ("overhead", "scale"):
+                if part not in result and part in old:
+                    result[part] = old[part]
+            result["runs"] = old.get("runs", []) + [{k: old[k] for k in ("command", "machine", "wall_s") if k in old}]
+            table = render(result)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(result, indent=1, default=str) + "\n")
         write_markdown(out_path.with_suffix(".md"), result, table)

@@ -33,8 +33,9 @@ and the peak ``VmHWM`` from ``/proc/<pid>/status``) is recorded after each clien
 variant then serves only one client. Target: the peak of the 50-client worker within 10% of the 1-client
 worker (a fresh actor serving the heaviest job of the sequence, the largest batch rows x padded length, so
 the reference is the most any single job needs), and a flat RSS curve; the peak of each job is measured by
-resetting ``VmHWM`` before it (``/proc/<pid>/clear_refs`` = 5). Variants, interleaved client by client: the actor as shipped; the actor started
-with ``MALLOC_MMAP_THRESHOLD_=131072`` (glibc env, via ``runtime_env``); the ``malloc_trim`` subclass. The
+resetting ``VmHWM`` before it (``/proc/<pid>/clear_refs`` = 5). Variants, interleaved client by client: the
+actor as shipped; the actor started with ``MALLOC_MMAP_THRESHOLD_=131072`` (glibc env, via ``runtime_env``);
+the ``malloc_trim`` subclass. The
 memory jobs run ``--memory-steps`` (default 3) local steps: a step's activations are freed before the next, so
 more steps per job only take longer.
 
@@ -521,6 +522,14 @@ def render(result: dict) -> str:
                      "average (1 min) after each iteration: " +
                      ", ".join(f"{x:.2f}" for x in t["load_after_each_iteration"]) + ".")
         lines.append("")
+        if t.get("earlier_runs"):
+            lines.append("Earlier runs on the same day (time / plain: ratio of medians, median of same-iteration ratios; "
+                         "other tenants' load differed):")
+            lines.append("")
+            for e in t["earlier_runs"]:
+                lines.append(f"- {e['date_utc']} ({e['note']}; load {e['load']}): " + "; ".join(
+                    f"{v} {a:.3f} / {b:.3f}" for v, (a, b) in e["ratios"].items()))
+            lines.append("")
         if t.get("profile"):
             lines.append("Where one job's time goes (cProfile cumulative seconds of one job in this process; the "
                          "profiler adds overhead to Python-heavy calls):")
@@ -604,9 +613,9 @@ def notes(result: dict) -> list[str]:
             "of any nice-0 process competing for the same core (CFS weight 36 vs 1024): the actor as shipped was "
             f"{t['ratios']['actor']['median_same_iteration']:.3f}x the plain loop in this run (same-iteration median) "
             f"vs {t['ratios']['actor, nice 0']['median_same_iteration']:.3f}x when reniced to 0 (the gap depends on the "
-            "competing load; an earlier run of this benchmark, 2026-11-22 03:38 UTC, in which the load rose to 5 "
-            "gave 1.070x (ratio of medians) vs 1.031x, and a separate single-thread matmul check at load ~7.7 ran "
-            "up to 2x slower in a nice-15 actor than in the caller). Fix: "
+            "competing load: see the earlier runs above, 1.070x vs 1.031x as the load rose to 5, 1.159x at load ~4.5; "
+            "a separate single-thread matmul check at load ~7.7 ran up to 2x slower in a nice-15 actor than in the "
+            "caller). Fix: "
             "`orchestrator/run.py::init_ray` sets `os.environ.setdefault('RAY_worker_niceness', '0')` before "
             "starting a local Ray (as Ray's own job manager does for job drivers); on a cluster, start the nodes "
             "with that variable.")
