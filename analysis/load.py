@@ -141,13 +141,13 @@ def config_value(config: dict[str, Any], key: str, default: Any = None) -> Any:
     """``key`` (dotted) from a nested config dict, a flat dotted dict or a DataFrame row."""
     if key in config:
         value = config[key]
-        return default if _missing(value) else value
+        return default if is_missing(value) else value
     node: Any = config
     for part in key.split("."):
         if not isinstance(node, dict) or part not in node:
             return default
         node = node[part]
-    return default if _missing(node) else node
+    return default if is_missing(node) else node
 
 
 def method_label(config: dict[str, Any], global_rank: int | None = None) -> str:
@@ -186,15 +186,15 @@ def method_label(config: dict[str, Any], global_rank: int | None = None) -> str:
 
 def setting_label(partition: Any, alpha: Any = None, classes_per_client: Any = None) -> str:
     """"IID", "non-IID (Dir 0.5)", "non-IID (2 classes/client)", "non-IID (natural)" from ``data.*``."""
-    if _missing(partition):
+    if is_missing(partition):
         return "unknown split"
     partition = str(partition)
     if partition == "iid":
         return "IID"
     if partition == "dirichlet":
-        return f"non-IID (Dir {float(alpha):g})" if not _missing(alpha) else "non-IID (Dir)"
+        return f"non-IID (Dir {float(alpha):g})" if not is_missing(alpha) else "non-IID (Dir)"
     if partition == "pathological":
-        if _missing(classes_per_client):
+        if is_missing(classes_per_client):
             return "non-IID (pathological)"
         k = int(classes_per_client)
         return f"non-IID ({k} class{'es' if k != 1 else ''}/client)"
@@ -254,7 +254,7 @@ def add_labels(frame: pd.DataFrame) -> pd.DataFrame:
 # ------------------------------------------------------------------------------------------ status, types
 def trial_state(status: Any) -> str:
     """``ok`` (finished), ``failed`` or ``incomplete`` (pending, running, paused, unknown) for a raw status."""
-    if _missing(status):
+    if is_missing(status):
         return "ok"
     text = str(status).strip().lower()
     return "ok" if text in OK_STATES else "failed" if text in FAILED_STATES else "incomplete"
@@ -313,13 +313,13 @@ def load_run(path: str | Path) -> RunResult:
         raise FileNotFoundError(f"{str(path)!r} is not a run folder (no {RUN_MARKER} or rounds.csv)")
     config = yaml.safe_load((path / RUN_MARKER).read_text()) or {} if (path / RUN_MARKER).is_file() else {}
     summary = json.loads((path / "summary.json").read_text()) if (path / "summary.json").is_file() else {}
-    rounds = _read_csv(path / "rounds.csv")
+    rounds = read_csv_or_empty(path / "rounds.csv")
     if "round" not in rounds.columns:
         rounds = pd.DataFrame({"round": pd.Series(dtype="Int64")})
     return RunResult(path=path, config=config, summary=summary, rounds=typed(rounds),
-                     clients=typed(_read_csv(path / "clients.csv")),
-                     similarity=typed(_read_csv(path / "similarity.csv")),
-                     partition=typed(_read_csv(path / "partition.csv")))
+                     clients=typed(read_csv_or_empty(path / "clients.csv")),
+                     similarity=typed(read_csv_or_empty(path / "similarity.csv")),
+                     partition=typed(read_csv_or_empty(path / "partition.csv")))
 
 
 def load_sweep(path: str | Path) -> SweepResult:
@@ -396,13 +396,14 @@ def _copy_trial_columns(results: pd.DataFrame, trials: pd.DataFrame, columns: tu
 def _gather(trial_dirs: list[Path], name: str) -> pd.DataFrame:
     frames = []
     for d in trial_dirs:
-        frame = _read_csv(d / name)
+        frame = read_csv_or_empty(d / name)
         if len(frame.columns):
             frames.append(frame.assign(trial_id=d.name))
     return typed(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def read_csv_or_empty(path: Path) -> pd.DataFrame:
+    """The CSV at ``path``, or an empty frame when it is absent or empty."""
     if not path.is_file():
         return pd.DataFrame()
     try:
@@ -411,7 +412,8 @@ def _read_csv(path: Path) -> pd.DataFrame:
         return pd.DataFrame()
 
 
-def _missing(value: Any) -> bool:
+def is_missing(value: Any) -> bool:
+    """None, NaN or NA (and never an error for values pandas cannot test)."""
     if value is None:
         return True
     try:

@@ -37,6 +37,7 @@ from analysis.load import (
     add_labels,
     add_setting,
     flatten_config,
+    is_missing,
     load_run,
     load_sweep,
     trial_state,
@@ -207,7 +208,7 @@ def _setup(data: _Input) -> list[str]:
             and not c.startswith(("final_", "best_"))]
     fixed, varied = [], []
     for key in keys:
-        unique = list(dict.fromkeys("null" if _is_nan(v) else _fmt_value(v) for v in configs[key].tolist()))
+        unique = list(dict.fromkeys("null" if is_missing(v) else _fmt_value(v) for v in configs[key].tolist()))
         if len(unique) > 1:
             varied.append(f"`{key}`: {', '.join(unique[:8])}{', ...' if len(unique) > 8 else ''}")
         elif unique and key in SETUP_KEYS and unique[0] != "null":
@@ -263,7 +264,7 @@ def _extra_axes(data: _Input) -> list[str]:
     for col in frame.columns:
         if col == "seed" or col in NON_AXIS_COLUMNS or col.startswith(skip):
             continue
-        values = frame[col].map(lambda v: None if _is_nan(v) else _fmt_value(v))
+        values = frame[col].map(lambda v: None if is_missing(v) else _fmt_value(v))
         if (values.groupby([frame["label"], frame["setting"]]).nunique(dropna=True) > 1).any():
             extra.append(col)
     return extra
@@ -402,12 +403,12 @@ def _compare(table: pd.DataFrame, row: str, others: list[str], col: Any, higher:
     """(signed advantage of ``row`` over the best of ``others``, that rival, an overlap remark) or None."""
     mean = table.loc[row, (col, "mean")]
     rivals = table.loc[others, (col, "mean")].dropna()
-    if _is_nan(mean) or not len(rivals):
+    if is_missing(mean) or not len(rivals):
         return None
     rival = rivals.idxmax() if higher else rivals.idxmin()
     diff = (mean - rivals[rival]) * (1 if higher else -1)
     spread = [table.loc[row, (col, "std")], table.loc[rival, (col, "std")]]
-    if any(_is_nan(s) for s in spread):
+    if any(is_missing(s) for s in spread):
         remark = " (a single trial on one side: no deviation)"
     elif abs(diff) > max(spread):
         remark = " (larger than either std)"
@@ -454,20 +455,21 @@ def _trials_section(data: _Input, metric: str) -> list[str]:
     for row in trials.sort_values(order).to_dict("records"):
         trial_id = str(row["trial_id"])
         done = row.get("rounds_completed")
-        if _is_nan(done) and "round" in data.results.columns:
+        if is_missing(done) and "round" in data.results.columns:
             done = data.results.loc[data.results["trial_id"] == trial_id, "round"].max()
         total = rounds_total.get(trial_id)
-        rounds = f"{'' if _is_nan(done) else int(done)}{'' if _is_nan(total) else f'/{int(total)}'}"
+        rounds = f"{'' if is_missing(done) else int(done)}{'' if is_missing(total) else f'/{int(total)}'}"
         final = finals.get(trial_id)
-        final_text = "" if final is None or _is_nan(final) else f"{final * scale:.2f}"
+        final_text = "" if final is None or is_missing(final) else f"{final * scale:.2f}"
         state = trial_state(row.get("status"))
         note = "" if state == "ok" else "not in the table"
         error = row.get("error")
-        if not _is_nan(error) and str(error).strip():
+        if not is_missing(error) and str(error).strip():
             note = f"{note}: {_one_line(str(error))}" if note else _one_line(str(error))
         seed = row.get("seed")
+        seed_text = "" if is_missing(seed) else int(seed)
         lines.append(f"| {trial_id} | {row.get('label')} | {row.get('setting')} | "
-                     f"{'' if _is_nan(seed) else int(seed)} | {row.get('status')} | {rounds} | {final_text} | {note} |")
+                     f"{seed_text} | {row.get('status')} | {rounds} | {final_text} | {note} |")
     return lines
 
 
@@ -482,17 +484,8 @@ def _slug(text: Any) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "_", str(text)).strip("_").lower() or "x"
 
 
-def _is_nan(value: Any) -> bool:
-    if value is None:
-        return True
-    try:
-        return bool(pd.isna(value))
-    except (TypeError, ValueError):
-        return False
-
-
 def _bytes(value: Any) -> str:
-    if _is_nan(value):
+    if is_missing(value):
         return "?"
     value = float(value)
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -502,11 +495,13 @@ def _bytes(value: Any) -> str:
 
 
 def _num(value: Any, digits: int = 1) -> str:
-    return "?" if _is_nan(value) or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.{digits}f}"
+    if is_missing(value) or (isinstance(value, float) and math.isnan(value)):
+        return "?"
+    return f"{float(value):.{digits}f}"
 
 
 def _dict_text(values: dict[str, Any] | None) -> str:
-    items = [f"{k} {float(v):.4g}" for k, v in (values or {}).items() if not _is_nan(v)]
+    items = [f"{k} {float(v):.4g}" for k, v in (values or {}).items() if not is_missing(v)]
     return ", ".join(items) or "-"
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from analysis.load import read_csv_or_empty
 from orchestrator.checkpoint import atomic_write_bytes
 from sweeps.spec import TrialSpec, columns_of
 from sweeps.tune_runner import TRIALS_DIR, read_trial_state
@@ -42,7 +43,7 @@ def build_tables(sweep_dir: Path, trials: list[TrialSpec], tune_errors: dict[str
     for t in trials:
         out = sweep_dir / TRIALS_DIR / t.trial_id
         state = read_trial_state(out)
-        rounds = _read_rounds(out / "rounds.csv")
+        rounds = read_csv_or_empty(out / "rounds.csv")
         ident = columns_of(t)
         status = trial_status(state, tune_errors.get(t.trial_id), len(rounds) > 0)
         error = state.get("error") or tune_errors.get(t.trial_id)
@@ -64,15 +65,6 @@ def build_tables(sweep_dir: Path, trials: list[TrialSpec], tune_errors: dict[str
     table = pd.DataFrame(rows)
     table["error"] = table["error"].astype("str")  # a text column even when no trial failed (missing = NaN)
     return _arrow_safe(results), _arrow_safe(table)
-
-
-def _read_rounds(path: Path) -> pd.DataFrame:
-    if not path.is_file():
-        return pd.DataFrame()
-    try:
-        return pd.read_csv(path)
-    except pd.errors.EmptyDataError:
-        return pd.DataFrame()
 
 
 def _final_best(rounds: pd.DataFrame) -> dict[str, float]:
