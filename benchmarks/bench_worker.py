@@ -7,13 +7,14 @@ same client, the same ClientStart and the same batches, with the same number of 
 
 - ``worker``: ``ClientWorker.train(start)`` in this process (``LocalTrainer.train`` on the Fed-PLoRA start of a
   rank-8 client: restore + fold, head, adapters, 10 steps, factors shipped back);
-- ``actor``: the same call through the Ray actor as the tool makes it (``make_worker`` +
-  ``ClientWorker.train.remote``), timed from the caller (serialization, scheduling, transfers included). Ray
-  starts worker processes at nice 15 (``RAY_worker_niceness``), this process runs at nice 0;
-- ``actor, nice 0``: the same actor reniced to 0 after it started (fix candidate: the same priority as the
-  plain loop);
-- ``actor, nice 0 + malloc_trim``: a ``ClientWorker`` subclass that calls glibc ``malloc_trim(0)`` after each
-  job (part (b)'s fix candidate), reniced to 0: what that fix costs per job;
+- ``actor``: the same call through the Ray actor as the tool makes it (``make_worker`` on a Ray started by
+  ``orchestrator.run.init_ray``, so the worker runs at nice 0, and ``ClientWorker.train`` hands freed memory
+  back with ``malloc_trim(0)`` after each job), timed from the caller (serialization, scheduling, transfers
+  included);
+- ``actor, nice 15``: the same actor reniced to 15 after start (Ray's own default ``RAY_worker_niceness``,
+  which ``init_ray`` overrides): what the override buys when other processes compete for the cores;
+- ``actor, no malloc_trim``: a ``ClientWorker`` subclass whose ``train`` skips ``malloc_trim``: what the
+  trim costs per job;
 - ``plain``: a plain PEFT loop in this process: ``get_peft_model`` on MiniLM (``LoraConfig(task_type=SEQ_CLS,
   r=8, lora_alpha=8, target_modules=[query, value])``, the classifier in ``modules_to_save``), one job = copy
   the same initial A/B/head in, new AdamW, the same 10 batches (same indices, tokenized per batch with the
@@ -29,15 +30,15 @@ instance has 3 logical CPUs so the 3 single-CPU actors coexist (one job runs at 
 Part (b), memory. Actors serve ``--memory-clients`` (50) distinct clients in sequence (the config with
 ``data.num_clients = 50``; 5 Fed-PLoRA rounds of 10 clients, aggregated between rounds, so the ranks 1/4/8 and
 the folded deltas change from job to job); the RSS of each actor process (psutil; plus RssAnon/RssFile/RssShmem
-and the peak ``VmHWM`` from ``/proc/<pid>/status``) is recorded after each client. A fresh actor of each
-variant then serves only one client. Target: the peak of the 50-client worker within 10% of the 1-client
-worker (a fresh actor serving the heaviest job of the sequence, the largest batch rows x padded length, so
-the reference is the most any single job needs), and a flat RSS curve; the peak of each job is measured by
-resetting ``VmHWM`` before it (``/proc/<pid>/clear_refs`` = 5). Variants, interleaved client by client: the
-actor as shipped; the actor started with ``MALLOC_MMAP_THRESHOLD_=131072`` (glibc env, via ``runtime_env``);
-the ``malloc_trim`` subclass. The
-memory jobs run ``--memory-steps`` (default 3) local steps: a step's activations are freed before the next, so
-more steps per job only take longer.
+and the peak ``VmHWM`` from ``/proc/<pid>/status``) is recorded after each client, and the peak of each job is
+measured by resetting ``VmHWM`` before it (``/proc/<pid>/clear_refs`` = 5). Variants, interleaved client by
+client: the actor as shipped (``malloc_trim(0)`` after each job) and the ``no malloc_trim`` subclass. The
+1-client reference: a job's peak depends on its own batches (padded shapes, rank), so the jobs with the
+highest peaks in the shipped sequence (``--reference-jobs``, default 3) and the job with the largest batch
+rows x padded length are each run on a fresh actor of each variant that serves only that job; the 1-client
+peak is the largest of them. Target: the peak of the 50-client worker within 10% of it, and RSS after the
+last client within 10% of RSS after the first. The memory jobs run ``--memory-steps`` (default 3) local
+steps: a step's activations are freed before the next, so more steps per job only take longer.
 
 Run: ``python benchmarks/bench_worker.py`` (writes benchmarks/results/worker.{json,md});
 ``python benchmarks/bench_worker.py --quick`` (2 steps, few jobs, 5 memory clients; prints only).
@@ -76,6 +77,7 @@ from orchestrator.methods import build_method  # noqa: E402
 from orchestrator.outputs import package_versions  # noqa: E402
 from orchestrator.ranks import assign_ranks  # noqa: E402
 from orchestrator.rng import generator  # noqa: E402
+from orchestrator.run import init_ray  # noqa: E402
 from orchestrator.types import ClientStart  # noqa: E402
 from workers.actor import ClientWorker, make_worker  # noqa: E402
 from workers.local_training import batch_indices  # noqa: E402
@@ -165,37 +167,22 @@ def _head_key(peft_name: str) -> str:
 
 
 # ---- part (a): throughput ----------------------------------------------------------------------------------
-MMAP_ENV = {"MALLOC_MMAP_THRESHOLD_": "131072"}  # glibc: fixed mmap threshold (no dynamic growth); see part (b)
-
-
-class TrimmingClientWorker(ClientWorker):
-    """Fix candidate for part (b): ``malloc_trim(0)`` after each job returns the freed heap to the OS."""
+class UntrimmedClientWorker(ClientWorker):
+    """The worker without ``malloc_trim`` after each job (how it was before; the comparison variant)."""
 
     def train(self, start: ClientStart):
-        update = super().train(start)
-        _malloc_trim()
-        return update
-
-
-def _malloc_trim() -> None:
-    import ctypes
-
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except OSError:  # not glibc
-        pass
+        return self.trainer.train(start, self._client(start.client_id).train)
 
 
 def _actor(cfg: RunConfig, kind: str = "default"):
-    """A ClientWorker actor as ``make_worker`` builds it (1 CPU), optionally with a fix candidate."""
+    """A ClientWorker actor as ``make_worker`` builds it (1 CPU), or one of the comparison variants."""
     import ray
 
     res = WorkerResources(num_cpus=1.0, num_gpus=0.0, num_workers=1)
-    if kind == "trim":
-        cls = ray.remote(max_restarts=0)(TrimmingClientWorker)
+    if kind == "notrim":
+        cls = ray.remote(max_restarts=0)(UntrimmedClientWorker)
         return cls.options(**res.actor_options()).remote(cfg.model, cfg.data, cfg.train, cfg.seed, res.torch_threads)
-    options = {"runtime_env": {"env_vars": dict(MMAP_ENV)}} if kind == "mmap" else {}
-    return make_worker(res, cfg.model, cfg.data, cfg.train, cfg.seed, **options)
+    return make_worker(res, cfg.model, cfg.data, cfg.train, cfg.seed)
 
 
 def _renice(pid: int, value: int) -> int | None:
@@ -218,15 +205,12 @@ def throughput(cfg: RunConfig, iterations: int, warmup: int, profile: bool) -> d
     examples = data.clients[client].train
     targets = [m.name for m in worker.module_specs()]
     plain = PlainLoop(cfg, targets, start.rank, data.num_labels)
-    actors = {"actor": _actor(cfg), "actor, nice 0": _actor(cfg), "actor, nice 0 + malloc_trim": _actor(cfg, "trim")}
+    actors = {"actor": _actor(cfg), "actor, nice 15": _actor(cfg), "actor, no malloc_trim": _actor(cfg, "notrim")}
     infos = {}
     for label, a in actors.items():
         info = ray.get(a.ping.remote())
         info["nice_default"] = psutil.Process(info["pid"]).nice()
-        if "nice 0" in label:
-            info["nice"] = _renice(info["pid"], 0)
-        else:
-            info["nice"] = info["nice_default"]
+        info["nice"] = _renice(info["pid"], 15) if "nice 15" in label else info["nice_default"]
         infos[label] = info
     variants = ["worker", *actors, "plain"]
     steps = cfg.train.total_steps(len(examples))
@@ -278,7 +262,7 @@ def throughput(cfg: RunConfig, iterations: int, warmup: int, profile: bool) -> d
                             "ratio_of_mins": out["variants"][v]["min_s"] / out["variants"]["plain"]["min_s"],
                             "same_iteration": pairs}
     out["loss_abs_diff_worker_vs_plain"] = abs(out["variants"]["worker"]["loss"] - out["variants"]["plain"]["loss"])
-    judged = ("worker", "actor")  # the tool as shipped; the other actors are fix candidates
+    judged = ("worker", "actor")  # the tool as shipped; the other actors show what its two settings change
     out["max_ratio"] = max(max(out["ratios"][v]["ratio_of_medians"], out["ratios"][v]["median_same_iteration"])
                            for v in judged)
     out["pass"] = out["max_ratio"] <= 1.05
@@ -372,12 +356,12 @@ def proc_memory(pid: int) -> dict:
     return out
 
 
-MEMORY_VARIANTS = ("default", "mmap", "trim")
-MEMORY_LABELS = {"default": "as shipped (make_worker)", "mmap": "MALLOC_MMAP_THRESHOLD_=131072 (runtime_env)",
-                 "trim": "malloc_trim(0) after each job"}
+MEMORY_VARIANTS = ("default", "notrim")
+MEMORY_LABELS = {"default": "as shipped (make_worker; malloc_trim(0) after each job)",
+                 "notrim": "no malloc_trim (the worker before)"}
 
 
-def memory(cfg: RunConfig, n_clients: int, per_round: int) -> dict:
+def memory(cfg: RunConfig, n_clients: int, per_round: int, reference_jobs: int = 3) -> dict:
     """Every variant's actor serves the same client sequence, interleaved client by client."""
     import ray
 
@@ -393,12 +377,13 @@ def memory(cfg: RunConfig, n_clients: int, per_round: int) -> dict:
     curves = {v: [{"clients": 0, **proc_memory(pids[v])}] for v in MEMORY_VARIANTS}
     job_s: dict[str, list[float]] = {v: [] for v in MEMORY_VARIANTS}
     order = torch.randperm(cfg.data.num_clients, generator=generator(cfg.seed, "bench-memory")).tolist()[:n_clients]
-    heaviest, served, peaks_reset = None, [], True
+    heaviest, served, peaks_reset, all_starts = None, [], True, []
     t0 = time.perf_counter()
     for r0 in range(0, len(order), per_round):
         round_idx = r0 // per_round
         clients = sorted(order[r0:r0 + per_round])
         starts = [method.client_start(state, c, round_idx) for c in clients]
+        all_starts.extend(starts)
         updates = []
         for i, s in enumerate(starts):
             size = job_footprint(tokenizer, s, data_local.clients[s.client_id].train, cfg)
@@ -427,30 +412,44 @@ def memory(cfg: RunConfig, n_clients: int, per_round: int) -> dict:
         ray.kill(a)
 
     del data_local
-    one_start = heaviest[1]
+    # the 1-client reference: the shipped sequence's highest-peak jobs and the largest-footprint job, each on a
+    # fresh actor of each variant that serves only that job
+    by_client = {s.client_id: s for s in all_starts}
+    ranked = sorted(curves["default"][1:], key=lambda p: -p["job_peak_mib"])
+    picks = [heaviest[1].client_id] + [p["client"] for p in ranked if p["client"] != heaviest[1].client_id][
+        :reference_jobs]
     out = {"clients": n_clients, "per_round": per_round, "local_steps": cfg.train.local_steps, "served": served,
-           "peaks_reset_per_job": peaks_reset, "one_client": {"client": one_start.client_id, "rank": one_start.rank,
-                                                               "round": one_start.round, "footprint": heaviest[0]},
-           "variants": {}}
+           "peaks_reset_per_job": peaks_reset, "reference_jobs": [], "variants": {}}
+    singles: dict[str, list[dict]] = {v: [] for v in MEMORY_VARIANTS}
+    for c in picks:
+        s = by_client[c]
+        ref = {"client": c, "rank": s.rank, "round": s.round, "footprint": dict((x[0], x[2]) for x in served)[c],
+               "largest_footprint": c == heaviest[1].client_id}
+        for v in MEMORY_VARIANTS:
+            one = _actor(cfg, v)
+            pid1 = ray.get(one.ping.remote())["pid"]
+            before = proc_memory(pid1)
+            ray.get(one.train.remote(s))
+            after = proc_memory(pid1)
+            ray.kill(one)
+            singles[v].append({"client": c, "before": before, "after": after})
+            ref[f"{v}_peak_mib"] = after["hwm_mib"]
+        out["reference_jobs"].append(ref)
+        print(f"  [memory] 1-client worker, client {c}: " +
+              ", ".join(f"{v} peak {ref[f'{v}_peak_mib']:.0f} MiB" for v in MEMORY_VARIANTS), flush=True)
     for v in MEMORY_VARIANTS:
-        one = _actor(cfg, v)
-        pid1 = ray.get(one.ping.remote())["pid"]
-        before = proc_memory(pid1)
-        ray.get(one.train.remote(one_start))
-        after = proc_memory(pid1)
-        ray.kill(one)
         curve = curves[v]
         rss = [p["rss_mib"] for p in curve[1:]]
         job_peaks = [p["job_peak_mib"] for p in curve[1:]]
         xs = list(range(1, len(rss) + 1))
         tail = max(1, len(rss) // 5)  # slope over the clients after the first fifth
-        heavy = [p["job_peak_mib"] for p in curve[1:] if p["footprint"] == heaviest[0]]
+        worst_single = max(singles[v], key=lambda x: x["after"]["hwm_mib"])
         row = {"label": MEMORY_LABELS[v], "curve": curve, "job_s": job_s[v],
                "median_job_s": statistics.median(job_s[v]),
-               "one_client": {"before": before, "after": after},
+               "one_client": worst_single,
                "job_peak_first_mib": job_peaks[0], "job_peak_last_mib": job_peaks[-1],
-               "job_peak_heaviest_in_sequence_mib": max(heavy) if heavy else None,
-               "peak_many_mib": curve[-1]["peak_so_far_mib"], "peak_one_mib": after["hwm_mib"],
+               "job_peak_min_mib": min(job_peaks), "job_peak_max_mib": max(job_peaks),
+               "peak_many_mib": curve[-1]["peak_so_far_mib"], "peak_one_mib": worst_single["after"]["hwm_mib"],
                "rss_after_1_mib": rss[0], "rss_after_last_mib": rss[-1], "rss_max_mib": max(rss),
                "anon_after_1_mib": curve[1]["anon_mib"], "anon_after_last_mib": curve[-1]["anon_mib"],
                "slope_mib_per_client": _slope(xs[tail:], rss[tail:]) if len(rss) - tail >= 2 else float("nan"),
@@ -516,9 +515,8 @@ def render(result: dict) -> str:
         lines.append(f"**Target: the worker (in-process `LocalTrainer.train`, and the Ray actor as shipped) within 5% of "
                      f"the plain PEFT loop: max ratio {t['max_ratio']:.3f}: {'PASS' if t['pass'] else 'FAIL'}.** "
                      f"Loss difference worker vs plain: {t['loss_abs_diff_worker_vs_plain']:.2e} (the same numbers are "
-                     "trained). `actor, nice 0`: the same actor reniced to 0 after start (Ray starts workers at nice "
-                     "15); `+ malloc_trim`: a ClientWorker subclass that calls glibc `malloc_trim(0)` after each job "
-                     "(part (b)'s fix candidate), also reniced to 0. Load "
+                     "trained). `actor`: as shipped (nice 0, `malloc_trim(0)` after each job); `actor, nice 15`: "
+                     "reniced to Ray's default; `actor, no malloc_trim`: a ClientWorker subclass without the trim. Load "
                      "average (1 min) after each iteration: " +
                      ", ".join(f"{x:.2f}" for x in t["load_after_each_iteration"]) + ".")
         lines.append("")
@@ -546,26 +544,33 @@ def render(result: dict) -> str:
             lines.append("")
     m = result.get("memory")
     if m:
-        oc = m["one_client"]
         lines.append(f"## (b) Worker memory over {m['clients']} clients (Ray actor processes, {m['local_steps']} local "
                      f"steps per job, rounds of {m['per_round']} clients aggregated between rounds; every variant serves "
                      "the same clients, interleaved client by client)")
         lines.append("")
-        lines.append(f"The 1-client worker of each variant is a fresh actor that serves the heaviest job of the sequence "
-                     f"(client {oc['client']}, rank {oc['rank']}, round {oc['round'] + 1}: the largest batch rows x padded "
-                     f"length, {oc['footprint']} tokens), so its peak is the most any single job needs. Job peak = VmHWM "
-                     f"reset (`/proc/<pid>/clear_refs` = 5) before each job"
-                     f"{'' if m['peaks_reset_per_job'] else ' (reset failed: cumulative peaks)'}.")
+        lines.append("1-client reference: fresh actors that each serve one job of the sequence (the shipped "
+                     "sequence's highest-peak jobs and the largest-footprint job); job peak = VmHWM reset "
+                     f"(`/proc/<pid>/clear_refs` = 5) before each job"
+                     f"{'' if m['peaks_reset_per_job'] else ' (reset failed: cumulative peaks)'}. Peak of a fresh "
+                     "1-client worker (MiB; VmHWM, model loading included):")
         lines.append("")
-        lines.append("| worker | RSS at start | 1-client worker: RSS after / peak | many: RSS after client 1 / last | "
-                     "anon after 1 / last | job peak client 1 / last | peak over all jobs | peak many / peak one | "
+        lines.append("| client | rank | round | tokens (rows x padded length) | " +
+                     " | ".join(m["variants"][v]["label"] for v in m["variants"]) + " |")
+        lines.append("|---:|---:|---:|---:|" + "---:|" * len(m["variants"]))
+        for ref in m["reference_jobs"]:
+            lines.append(f"| {ref['client']} | {ref['rank']} | {ref['round'] + 1} | {ref['footprint']}"
+                         f"{' (largest)' if ref['largest_footprint'] else ''} | " +
+                         " | ".join(f"{ref[f'{v}_peak_mib']:.0f}" for v in m["variants"]) + " |")
+        lines.append("")
+        lines.append("| worker | RSS at start | 1-client worker: peak | many: RSS after client 1 / last | "
+                     "anon after 1 / last | job peaks min / max | peak over all jobs | peak many / peak one | "
                      "RSS last / first | slope MiB/client | job time vs as shipped | pass |")
         lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
         for v, r in m["variants"].items():
-            lines.append(f"| {r['label']} | {r['curve'][0]['rss_mib']:.0f} | {r['one_client']['after']['rss_mib']:.0f} / "
+            lines.append(f"| {r['label']} | {r['curve'][0]['rss_mib']:.0f} | "
                          f"{r['peak_one_mib']:.0f} | {r['rss_after_1_mib']:.0f} / {r['rss_after_last_mib']:.0f} | "
                          f"{r['anon_after_1_mib']:.0f} / {r['anon_after_last_mib']:.0f} | "
-                         f"{r['job_peak_first_mib']:.0f} / {r['job_peak_last_mib']:.0f} | {r['peak_many_mib']:.0f} | "
+                         f"{r['job_peak_min_mib']:.0f} / {r['job_peak_max_mib']:.0f} | {r['peak_many_mib']:.0f} | "
                          f"{r['peak_ratio']:.3f} | {r['rss_ratio_last_vs_first']:.3f} | "
                          f"{r['slope_mib_per_client']:+.2f} | {r['job_time_vs_default_same_client']:.3f} | "
                          f"{'PASS' if r['pass'] else 'FAIL'} |")
@@ -607,55 +612,39 @@ def notes(result: dict) -> list[str]:
             f"{v['actor']['median_outside_compute_s']:.3f} s (caller wall - `compute_seconds`); the forward and "
             "backward are the same PEFT LoRA layers as the plain loop's (identical losses)."
             if t.get("profile") else "")
+        r = t["ratios"]
         out.append(
-            "Ray starts every worker process at nice 15 (its `RAY_worker_niceness` default; `ray.init` callers and "
-            "this benchmark run at nice 0), so on a shared machine a ClientWorker gets a fraction of the CPU share "
-            "of any nice-0 process competing for the same core (CFS weight 36 vs 1024): the actor as shipped was "
-            f"{t['ratios']['actor']['median_same_iteration']:.3f}x the plain loop in this run (same-iteration median) "
-            f"vs {t['ratios']['actor, nice 0']['median_same_iteration']:.3f}x when reniced to 0 (the gap depends on the "
-            "competing load: see the earlier runs above, 1.070x vs 1.031x as the load rose to 5, 1.159x at load ~4.5; "
-            "a separate single-thread matmul check at load ~7.7 ran up to 2x slower in a nice-15 actor than in the "
-            "caller). Fix: "
-            "`orchestrator/run.py::init_ray` sets `os.environ.setdefault('RAY_worker_niceness', '0')` before "
-            "starting a local Ray (as Ray's own job manager does for job drivers); on a cluster, start the nodes "
-            "with that variable.")
+            "Ray starts worker processes at nice 15 by default (`RAY_worker_niceness`); under CFS a nice-15 process "
+            "gets 36/1024 of a nice-0 competitor's share of a core, so on a shared machine the client workers lose "
+            "to any other process. `orchestrator.run.init_ray` starts a local Ray with `RAY_worker_niceness=0`. In "
+            f"this run the actor reniced to 15 took {r['actor, nice 15']['median_same_iteration']:.3f}x the plain "
+            f"loop vs {r['actor']['median_same_iteration']:.3f}x at nice 0 (same-iteration medians; the gap grows "
+            "with the competing load). On a cluster, start the nodes with that variable.")
     m = result.get("memory")
     if m:
-        d, tr, mm = m["variants"]["default"], m["variants"]["trim"], m["variants"]["mmap"]
+        d, nt = m["variants"]["default"], m["variants"]["notrim"]
         out.append(
-            f"The as-shipped worker's RSS grows in steps and then plateaus ({d['rss_after_1_mib']:.0f} -> "
-            f"{d['rss_after_last_mib']:.0f} MiB over {m['clients']} clients, RssAnon {d['anon_after_1_mib']:.0f} -> "
-            f"{d['anon_after_last_mib']:.0f}): not a leak (the Python tensor and object counts stay flat, checked "
-            "separately in one process, and "
-            f"`malloc_trim(0)` after each job brings RssAnon back to {tr['anon_after_last_mib']:.0f} MiB after "
-            f"every client) but glibc malloc keeping freed activation memory: after the first free of an mmapped "
-            "block glibc raises its mmap threshold (up to 32 MiB), so the MB-sized activations of later steps come "
-            "from the heap and arenas, which are only trimmed at the top and fragment as batch shapes (padded "
-            "lengths) and adapter ranks change from job to job. The retained memory is per worker process.")
+            f"Without the trim a worker's RSS grows in steps ({nt['rss_after_1_mib']:.0f} -> "
+            f"{nt['rss_after_last_mib']:.0f} MiB over {m['clients']} clients, RssAnon {nt['anon_after_1_mib']:.0f} -> "
+            f"{nt['anon_after_last_mib']:.0f}): not a leak but glibc malloc keeping freed activation memory (after "
+            "the first free of an mmapped block glibc raises its mmap threshold, so later MB-sized activations come "
+            "from the heap, which fragments as padded lengths and ranks change from job to job). `malloc_trim(0)` "
+            "after each job returns every free page, so each job starts from the same footprint: RSS "
+            f"{d['rss_after_1_mib']:.0f} -> {d['rss_after_last_mib']:.0f} MiB "
+            f"(RssAnon {d['anon_after_1_mib']:.0f} -> {d['anon_after_last_mib']:.0f}), slope "
+            f"{d['slope_mib_per_client']:+.2f} MiB/client; the next job faults its working set in again: the "
+            f"untrimmed worker's jobs took {nt['job_time_vs_default_same_client']:.3f}x the shipped ones here "
+            "(3-step jobs; part (a) measures the cost on 10-step jobs). An earlier run of this benchmark also "
+            "tried a rule that trims only once RSS exceeds 1.05x its size after the first job: it trimmed 32 of "
+            "50 jobs and peaked higher (1032 vs 1000 MiB), so the worker trims after every job. A fixed "
+            "`MALLOC_MMAP_THRESHOLD_=131072` also keeps RSS flat but made every job 1.6x slower (an mmap and page "
+            "faults per activation).")
         out.append(
-            f"Fix candidates, measured: `malloc_trim(0)` at the end of `ClientWorker.train` (and `evaluate`): flat "
-            f"RSS between jobs ({tr['rss_after_1_mib']:.0f} -> {tr['rss_after_last_mib']:.0f} MiB) at "
-            f"{tr['job_time_vs_default_same_client']:.2f}x the job time on these 3-step jobs (the next job refaults "
-            "the trimmed pages; on part (a)'s 10-step jobs: " + _trim_cost(result) + "); the per-job peak still varies with the "
-            f"client's batches ({min(p['job_peak_mib'] for p in tr['curve'][1:]):.0f}-"
-            f"{max(p['job_peak_mib'] for p in tr['curve'][1:]):.0f} MiB) with no trend, so the 50-vs-1 peak ratio "
-            f"({tr['peak_ratio']:.3f}) compares the largest of 50 per-job peaks with one. "
-            f"`MALLOC_MMAP_THRESHOLD_=131072` (fixed threshold, via `runtime_env`) keeps RSS flat and the peak "
-            f"lowest ({mm['peak_many_mib']:.0f} MiB) but makes every job {mm['job_time_vs_default_same_client']:.2f}x "
-            "slower (an mmap/munmap and page faults per activation); a 4 MiB fixed threshold did not stop the "
-            "growth (separate one-process check: 822 -> 965 MiB over 20 clients, like the default). jemalloc/tcmalloc are not "
-            "installed here (untested).")
+            f"A job's peak depends on its own batches and on the allocator's state: {d['job_peak_min_mib']:.0f}-"
+            f"{d['job_peak_max_mib']:.0f} MiB over the {m['clients']} shipped jobs; the highest-peak jobs on fresh "
+            "1-client workers peak at " + ", ".join(f"{ref['default_peak_mib']:.0f}" for ref in m["reference_jobs"])
+            + " MiB (clients " + ", ".join(str(ref["client"]) for ref in m["reference_jobs"]) + ").")
     return [n for n in out if n]
-
-
-def _trim_cost(result: dict) -> str:
-    t = result.get("throughput")
-    if not t or "actor, nice 0 + malloc_trim" not in t["variants"]:
-        return "not measured"
-    a, b = t["variants"]["actor, nice 0 + malloc_trim"], t["variants"]["actor, nice 0"]
-    ra, rb = t["ratios"]["actor, nice 0 + malloc_trim"], t["ratios"]["actor, nice 0"]
-    return (f"{a['median_s'] / b['median_s']:.3f}x the nice-0 actor's median job time, "
-            f"{ra['median_same_iteration'] / rb['median_same_iteration']:.3f}x by same-iteration ratios")
 
 
 def write_markdown(path: Path, result: dict, table: str) -> None:
@@ -684,6 +673,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--memory-clients", type=int, default=50)
     p.add_argument("--memory-per-round", type=int, default=10)
     p.add_argument("--memory-steps", type=int, default=3, help="local steps of each memory job")
+    p.add_argument("--reference-jobs", type=int, default=3,
+                   help="highest-peak jobs of the sequence re-run on fresh 1-client workers (the reference)")
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--no-profile", action="store_true")
@@ -711,14 +702,15 @@ def main(argv: list[str] | None = None) -> dict:
                                "lr": cfg.train.lr, "model": cfg.model.name, "dataset": cfg.data.dataset}}
     print(f"machine: {result['machine']}", flush=True)
     # 3 logical CPUs: part (a) keeps 3 single-CPU actors alive (one job runs at a time; an idle actor uses no CPU)
-    ray.init(num_cpus=3, num_gpus=0, include_dashboard=False, log_to_driver=True, logging_level="WARNING")
+    init_ray(num_cpus=3, num_gpus=0)  # as the tool starts Ray: worker processes at nice 0
     try:
         if not args.skip_throughput:
             result["throughput"] = throughput(cfg, iterations, args.warmup, not args.no_profile)
         if not args.skip_memory:
             mcfg = load_config(ROOT / args.config, [f"data.num_clients={max(mem_clients, cfg.data.num_clients)}",
                                                     f"train.local_steps={args.memory_steps}"])
-            result["memory"] = memory(mcfg, mem_clients, min(args.memory_per_round, mem_clients))
+            result["memory"] = memory(mcfg, mem_clients, min(args.memory_per_round, mem_clients),
+                                      args.reference_jobs)
     finally:
         ray.shutdown()
     result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]

@@ -1,9 +1,18 @@
 """Checkpoints of a federated run: the method state as safetensors + JSON, written atomically.
 
-Layout of ``DIR/checkpoint/``: ``state.safetensors`` (every state tensor by name), ``state.json``
-(method metadata, completed round, config fingerprint, the per-round records so far). Every file is
-written to a temporary name in the same folder and renamed, so a run killed mid-write leaves the previous
-checkpoint intact. Random streams need no saving: every draw derives from (seed, round, client, module).
+Layout of ``DIR/checkpoint/``:
+
+- ``state-<round>.safetensors``: every state tensor by name, in its own dtype;
+- ``state.json``: the commit point: method metadata, the completed round, the config fingerprint and
+  the name of the state file of that round. Written to a temporary name and renamed (atomic), after the
+  state file, and the older state files are deleted only after it; a run killed at any moment leaves
+  the previous checkpoint whole;
+- ``records.jsonl``: one JSON line per completed round (the round's metrics record), appended and
+  fsynced every round; a checkpoint of round ``k`` uses its first ``k`` lines (lines after them belong to
+  rounds that were never checkpointed and are dropped on resume). Appending keeps the cost of a round's
+  bookkeeping constant however many rounds were run.
+
+Random streams need no saving: every draw derives from (seed, round, client, module).
 """
 
 from __future__ import annotations
@@ -14,13 +23,12 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import torch
 from safetensors.torch import load_file, save_file
 
 from orchestrator.types import GlobalState
 
-STATE_FILE = "state.safetensors"
 META_FILE = "state.json"
+RECORDS_FILE = "records.jsonl"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -44,25 +52,56 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def save_checkpoint(folder: Path, state: GlobalState, info: dict[str, Any]) -> None:
-    """Write the state tensors, then the JSON that names them (the JSON is the commit point)."""
+    """Write the state tensors of round ``info["round"]``, then the JSON that names them (the commit point)."""
     folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{STATE_FILE}.")
+    name = f"state-{int(info['round']):06d}.safetensors"
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{name}.")
     os.close(fd)
     try:
-        tensors = {k: v.detach().contiguous().cpu() for k, v in state.tensors.items()}
-        save_file(tensors, tmp)
-        os.replace(tmp, folder / STATE_FILE)
+        save_file({k: v.detach().contiguous().cpu() for k, v in state.tensors.items()}, tmp)
+        os.replace(tmp, folder / name)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    atomic_write_text(folder / META_FILE, json.dumps({"meta": state.meta, **info}, indent=1))
+    atomic_write_text(folder / META_FILE, json.dumps({"meta": state.meta, **info, "state_file": name}, indent=1))
+    for old in folder.glob("state-*.safetensors"):
+        if old.name != name:
+            old.unlink(missing_ok=True)
 
 
 def load_checkpoint(folder: Path) -> tuple[GlobalState, dict[str, Any]]:
-    """Read a checkpoint written by :func:`save_checkpoint`."""
-    meta_path, state_path = folder / META_FILE, folder / STATE_FILE
-    if not meta_path.is_file() or not state_path.is_file():
-        raise FileNotFoundError(f"no checkpoint in {str(folder)!r} (expected {META_FILE} and {STATE_FILE})")
+    """Read a checkpoint written by :func:`save_checkpoint`: the state and the JSON's other fields."""
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"no checkpoint in {str(folder)!r} (expected {META_FILE})")
     info = json.loads(meta_path.read_text())
-    tensors = {k: v.to(torch.float32) for k, v in load_file(str(state_path)).items()}
-    return GlobalState(tensors, info.pop("meta")), info
+    state_path = folder / info.pop("state_file", "")
+    if not state_path.is_file():
+        raise FileNotFoundError(f"the checkpoint in {str(folder)!r} names {state_path.name!r}, which is missing")
+    return GlobalState(load_file(str(state_path)), info.pop("meta")), info
+
+
+def state_file(folder: Path) -> Path:
+    """The state file of the checkpoint in ``folder``."""
+    return folder / json.loads((folder / META_FILE).read_text())["state_file"]
+
+
+def append_record(folder: Path, record: dict[str, Any]) -> None:
+    """Append one round's record to ``records.jsonl`` (flushed and fsynced before returning)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / RECORDS_FILE, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_records(folder: Path, count: int) -> list[dict[str, Any]]:
+    """The first ``count`` records of ``records.jsonl``; rewrites the file to hold exactly those."""
+    path = folder / RECORDS_FILE
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
+    if len(lines) < count:
+        raise FileNotFoundError(f"{path} holds {len(lines)} complete rounds but the checkpoint is of round {count}")
+    records = [json.loads(line) for line in lines[:count]]
+    if len(lines) > count:
+        atomic_write_text(path, "".join(lines[:count]))
+    return records

@@ -35,6 +35,7 @@ from orchestrator.ranks import assign_ranks
 from orchestrator.rng import generator
 from orchestrator.types import ClientStart, ClientUpdate, GlobalState
 from workers.actor import make_worker
+from workers.eval_results import combine, shard_ranges
 from workers.resources import resolve_resources
 
 
@@ -60,7 +61,7 @@ class Driver:
             specs, head, sizes, info, partition = ray.get([
                 first.module_specs.remote(), first.initial_head.remote(), first.client_num_examples.remote(),
                 first.data_info.remote(), first.partition_summary.remote()])
-            self.pool.call_all("ping")
+            self.worker_info = self.pool.call_all("ping")
         except ray.exceptions.RayActorError as err:
             self.pool.shutdown()
             raise WorkerStartupError(startup_message(err)) from None
@@ -81,7 +82,8 @@ class Driver:
         """What the run is: modules, client ranks and sizes, partition summary, data info."""
         return {"modules": [(m.name, m.d_out, m.k_in) for m in self.modules], "client_ranks": self.client_ranks,
                 "client_sizes": self.client_sizes, "partition": self.partition, "data": self.data_info,
-                "num_workers": len(self.pool)}
+                "num_workers": len(self.pool), "similarity_module": self.similarity_module,
+                "workers": self.worker_info}
 
     def get_state(self) -> tuple[GlobalState, int]:
         """The global state and the number of completed rounds (for checkpoints)."""
@@ -149,9 +151,15 @@ class Driver:
         return record
 
     def evaluate(self) -> dict[str, float]:
-        """Global model on the global test set; personalized models (if any) on their clients' test splits."""
+        """Global model on the global test set; personalized models (if any) on their clients' test splits.
+
+        The global test set is split into one shard of whole batches per worker (``workers.eval_results``),
+        so evaluation uses every worker and its metrics are identical for any number of workers.
+        """
         deltas, head = self.method.global_delta(self.state), self.state.head()
-        jobs = [Job("evaluate", (deltas, head, None), "evaluation of the global model")]
+        shards = shard_ranges(int(self.data_info["global_test_size"]), self.cfg.train.eval_batch_size, len(self.pool))
+        jobs = [Job("evaluate_shard", (deltas, head, None, a, b), f"evaluation of the global model (examples {a}-{b})")
+                for a, b in shards]
         personal_ids: list[int] = []
         if self.cfg.eval_personal:
             for c in range(self.num_clients):
@@ -161,10 +169,11 @@ class Driver:
                     jobs.append(Job("evaluate", (personal, head, c), f"personalized evaluation of client {c}"))
         results = [r.value for r in self.pool.run(jobs)]
         renamed = {"loss": "eval_loss", "n_examples": "eval_examples"}
-        out = {renamed.get(k, k): v for k, v in results[0].items()}
+        out = {renamed.get(k, k): v for k, v in combine(results[: len(shards)]).items()}
         if personal_ids:
-            for key in (k for k in results[1] if k != "n_examples"):
-                values = [r[key] for r in results[1:]]
+            personal_results = results[len(shards):]
+            for key in (k for k in personal_results[0] if k != "n_examples"):
+                values = [r[key] for r in personal_results]
                 out[f"personal_{key}"] = sum(values) / len(values)
             out["personal_clients"] = len(personal_ids)
         return out

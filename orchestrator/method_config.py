@@ -39,6 +39,9 @@ class MethodConfig:
     pfedlora_private_fraction: float = 0.5
 
     def __post_init__(self) -> None:
+        from orchestrator.methods.registry import available_methods
+
+        check_choice("method.name", self.name, tuple(available_methods()))
         if self.weighting is not None:
             check_choice("method.weighting", self.weighting, WEIGHTINGS)
         check_choice("method.selection", self.selection, SELECTIONS)

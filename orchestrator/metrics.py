@@ -136,23 +136,25 @@ def module_cosine_similarity(starts: list[ClientStart], updates: list[ClientUpda
     trained slot ``j`` and ``i'`` trained ``j'`` (the paper's Fig. 2 on the Query module of layer 1).
     NaN where no pair exists.
     """
-    rows: dict[int, list[tuple[int, Tensor]]] = {}
     by_id = {s.client_id: s for s in starts}
+    rows, slots, owners = [], [], []
     for u in updates:
         init = by_id[u.client_id].adapters[adapter][module]
         A = u.adapters[adapter][module][1].to(F64)
         for i, slot in enumerate(init.slots):
             if slot is not None and slot < rank:
-                rows.setdefault(slot, []).append((u.client_id, A[i] / A[i].norm().clamp_min(1e-300)))
+                rows.append(A[i] / A[i].norm().clamp_min(1e-300))
+                slots.append(slot)
+                owners.append(u.client_id)
     sums = torch.zeros(rank, rank, dtype=F64)
     counts = torch.zeros(rank, rank, dtype=F64)
-    for j, left in rows.items():
-        for jj, right in rows.items():
-            for ci, a in left:
-                for cj, b in right:
-                    if ci != cj:
-                        sums[j, jj] += a @ b
-                        counts[j, jj] += 1
+    if rows:  # one Gram matrix of all trained rows; pairs of different clients summed into their (j, j') cell
+        unit = torch.stack(rows)
+        slot, owner = torch.tensor(slots), torch.tensor(owners)
+        other = (owner[:, None] != owner[None, :]).to(F64)
+        cell = (slot[:, None] * rank + slot[None, :]).flatten()
+        sums.view(-1).index_add_(0, cell, ((unit @ unit.T) * other).flatten())
+        counts.view(-1).index_add_(0, cell, other.flatten())
     return torch.where(counts > 0, sums / counts.clamp_min(1), torch.full_like(sums, float("nan")))
 
 

@@ -22,14 +22,14 @@ from typing import Any
 
 import yaml
 
-from orchestrator.checkpoint import load_checkpoint, save_checkpoint
+from orchestrator.checkpoint import META_FILE, append_record, load_checkpoint, read_records, save_checkpoint
 from orchestrator.config import RunConfig, build, load_config
 from orchestrator.outputs import (
     RUN_MARKER,
+    RoundFiles,
     summarize,
     write_config,
     write_csv,
-    write_round_files,
     write_summary,
 )
 
@@ -93,11 +93,14 @@ class Experiment:
         self.fingerprint = cfg.fingerprint()
         self.records: list[dict[str, Any]] = []
         start_state = None
-        if resume and (out / CHECKPOINT_DIR).is_dir():
-            start_state, info = load_checkpoint(out / CHECKPOINT_DIR)
+        folder = out / CHECKPOINT_DIR
+        if resume and (folder / META_FILE).is_file():
+            start_state, info = load_checkpoint(folder)
             if info.get("fingerprint") != self.fingerprint:
-                raise RunSetupError(f"the checkpoint in {out / CHECKPOINT_DIR} was written by a different config")
-            self.records = info["records"]
+                raise RunSetupError(f"the checkpoint in {folder} was written by a different config")
+            self.records = read_records(folder, int(info["round"]))
+        elif folder.is_dir():  # no round was checkpointed: start from round 1
+            shutil.rmtree(folder)
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, cfg.to_dict(), self.fingerprint)
         self.t_start = time.perf_counter()
@@ -108,20 +111,27 @@ class Experiment:
         import pandas as pd
 
         write_csv(pd.DataFrame(self.description["partition"]), out / "partition.csv")
+        self.files = RoundFiles(out, self.description["similarity_module"])
+        self.files.rewrite(self.records)
+        self.session_rounds, self.session_round_seconds = 0, 0.0
 
     @property
     def completed(self) -> int:
         return len(self.records)
 
     def step(self) -> dict[str, Any]:
-        """Run one round, rewrite the files, checkpoint when due; returns the round's record."""
+        """Run one round, append its rows and record, checkpoint when due; returns the round's record."""
         import ray
 
+        t0 = time.perf_counter()
         record = ray.get(self.driver.run_round.remote())
         self.records.append(record)
-        write_round_files(self.out, self.records, self.description["modules"][0][0])
+        append_record(self.out / CHECKPOINT_DIR, record)
+        self.files.append(self.records)
         if record["round"] % self.cfg.checkpoint_every == 0 or record["round"] == self.cfg.rounds:
             self.checkpoint()
+        self.session_rounds += 1
+        self.session_round_seconds += time.perf_counter() - t0
         return record
 
     def checkpoint(self) -> None:
@@ -129,8 +139,7 @@ class Experiment:
         import ray
 
         state, completed = ray.get(self.driver.get_state.remote())
-        save_checkpoint(self.out / CHECKPOINT_DIR, state,
-                        {"round": completed, "fingerprint": self.fingerprint, "records": self.records})
+        save_checkpoint(self.out / CHECKPOINT_DIR, state, {"round": completed, "fingerprint": self.fingerprint})
 
     def finish(self) -> dict[str, Any]:
         """Export the final global adapter (PEFT format) and write summary.json."""
@@ -140,8 +149,10 @@ class Experiment:
 
         files = ray.get(self.driver.export_global.remote())
         write_adapter(files, self.out / "adapter")
-        summary = summarize(self.records, self.cfg.to_dict(), self.fingerprint, time.perf_counter() - self.t_start,
-                            self.description["num_workers"])
+        wall = time.perf_counter() - self.t_start
+        session = {"rounds": self.session_rounds, "rounds_seconds": self.session_round_seconds, "seconds": wall}
+        summary = summarize(self.records, self.cfg.to_dict(), self.fingerprint, wall, self.description["num_workers"],
+                            session)
         write_summary(self.out, summary)
         return summary
 
@@ -181,26 +192,34 @@ def run(cfg: RunConfig, out: Path, resume: bool = False, log: Callable[[str], No
             record = exp.step()
             log(progress_line(record, cfg.rounds, time.perf_counter() - t0, exp.completed - first))
         summary = exp.finish()
-        log(f"done: final {summary['final'].get('accuracy', summary['final'].get('rouge_l'))}; "
-            f"overhead ratio {summary['overhead_ratio']:.3f}; files in {out}")
+        ratio = (f"overhead ratio {summary['overhead_ratio']:.3f} ({summary['overhead_ratio_with_startup']:.3f} with "
+                 "startup); " if "overhead_ratio" in summary else "")
+        log(f"done: final {summary['final'].get('accuracy', summary['final'].get('rouge_l'))}; {ratio}files in {out}")
         return summary
     finally:
         exp.close()
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Start (or join) Ray quietly: token auth off for local runs, dashboard on 127.0.0.1 only."""
+def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
+             log_to_driver: bool = True) -> None:
+    """Start (or join) Ray quietly: token auth off for local runs, no dashboard, worker logs if ``log_to_driver``.
+
+    A local instance starts its worker processes at nice 0 (Ray's default is 15): the client workers are
+    the run's compute, and at nice 15 they lose the CPU to any other process (measured in
+    ``benchmarks/results/driver.md``). Set ``RAY_worker_niceness`` yourself to keep Ray's default.
+    """
     import ray
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_worker_niceness", "0")
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True,
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": log_to_driver,
                               "configure_logging": True, "logging_level": "WARNING"}
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, dashboard_host="127.0.0.1", **kwargs)
+        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

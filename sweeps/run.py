@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator.run import init_ray
 from sweeps.spec import (
     SweepSpec,
     SweepSpecError,
@@ -134,21 +135,6 @@ def resolve_request(args: argparse.Namespace) -> tuple[SweepSpec, dict[str, Any]
 
 
 # ------------------------------------------------------------------------------------------------ Ray
-def init_ray(address: str | None, num_cpus: int | None, num_gpus: int | None, worker_logs: bool) -> None:
-    """Start or join Ray (token auth off for local runs, dashboard off, worker logs off by default)."""
-    import ray
-
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": worker_logs, "configure_logging": True,
-                              "logging_level": "WARNING"}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
-
-
 def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec], out: Path, *, resume: bool = False,
               max_concurrent: int | None = None, driver_cpus: float = 0.0, summary_every: float = 60.0,
               log: Callable[[str], None] = print) -> Any:
@@ -289,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    init_ray(args.address, args.num_cpus, args.num_gpus, args.worker_logs)
+    init_ray(args.address, args.num_cpus, args.num_gpus, log_to_driver=args.worker_logs)
     try:
         table = run_sweep(spec, overrides, trials, out, resume=bool(args.resume), max_concurrent=args.max_concurrent,
                           driver_cpus=args.driver_cpus, summary_every=args.summary_every)

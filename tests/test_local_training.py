@@ -15,7 +15,8 @@ from orchestrator.types import (
     TailPenalty,
     validate_update,
 )
-from workers.evaluation import evaluate, prepare_eval
+from workers.eval_results import combine, shard_ranges
+from workers.evaluation import evaluate, evaluate_partial, prepare_eval
 from workers.local_training import LocalTrainer, causal_batch, split_steps
 from workers.models import ModelConfig, load_model
 from workers.train_config import TrainConfig
@@ -334,6 +335,20 @@ def test_causal_train_and_evaluate_on_smollm2():
     print(f"SmolLM2: train loss {update.train_loss:.3f}, {update.compute_seconds:.1f} s; eval {metrics}")
     assert math.isfinite(update.train_loss) and update.steps == 2
     assert 0.0 <= metrics["rouge_l"] <= 1.0 and math.isfinite(metrics["loss"])
+
+
+@pytest.mark.parametrize("task", ["classification", "causal_lm"])
+def test_sharded_evaluation_equals_the_whole_for_any_number_of_shards(task, example_factory):
+    trainer = make_trainer(task=task, eval_batch_size=3)
+    examples = example_factory(11, task=task)
+    update = trainer.train(start_for(trainer, 0, seed=5, rank=2), examples[:6])
+    deltas = {m: LowRankDelta(*f) for m, f in update.adapters["main"].items()}
+    whole = evaluate(trainer, deltas, update.head, examples)
+    for shards in (2, 3, 4, 9):
+        ranges = shard_ranges(len(examples), 3, shards)
+        assert ranges[0][0] == 0 and ranges[-1][1] == 11 and all(a % 3 == 0 for a, _ in ranges)
+        parts = [evaluate_partial(trainer, deltas, update.head, examples[a:b]) for a, b in ranges]
+        assert combine(parts) == whole, shards  # bitwise: same batches, exactly rounded sums
 
 
 # ---------------------------------------------------------------- a short real run

@@ -114,6 +114,26 @@ def test_module_cosine_similarity_hand_case():
     torch.testing.assert_close(sim, expected)
 
 
+def test_module_cosine_similarity_equals_the_pairwise_definition():
+    """Heterogeneous ranks, random selections: the Gram-matrix form equals the pair-by-pair mean."""
+    m = make("fedplora", [1, 2, 4, 4, 3], R=4, modules=[ModuleSpec("q", 3, 6)])
+    state = random_state(m)
+    starts = [m.client_start(state, c, 1) for c in range(5)]
+    updates = [trained(s) for s in starts]
+    sums, counts = torch.zeros(4, 4, dtype=torch.float64), torch.zeros(4, 4, dtype=torch.float64)
+    for s, u in zip(starts, updates):
+        for t, v in zip(starts, updates):
+            if s.client_id == t.client_id:
+                continue
+            A, A2 = u.adapters["main"]["q"][1].double(), v.adapters["main"]["q"][1].double()
+            for i, j in enumerate(s.adapters["main"]["q"].slots):
+                for i2, j2 in enumerate(t.adapters["main"]["q"].slots):
+                    sums[j, j2] += torch.nn.functional.cosine_similarity(A[i], A2[i2], dim=0)
+                    counts[j, j2] += 1
+    expected = torch.where(counts > 0, sums / counts.clamp_min(1), torch.tensor(float("nan"), dtype=torch.float64))
+    torch.testing.assert_close(module_cosine_similarity(starts, updates, "q", 4), expected, equal_nan=True)
+
+
 def test_round_bytes_follow_the_paper_overheads():
     d, k, R, r = 6, 5, 4, 1
     mods = [ModuleSpec("q", d, k)]

@@ -3,8 +3,11 @@
 A worker builds its :class:`LocalTrainer` and the federated split once (deterministic from the run
 seed, so every worker of a run holds the same partition) and then runs any client's job on demand. Raw
 examples never leave the worker: its methods return module specs, counts, metrics and ClientUpdates
-(adapter/head tensors only). The class is plain Python (usable in-process); :func:`make_worker` turns
-it into a Ray actor with explicit CPU/GPU options.
+(adapter/head tensors only). After every job the worker hands the memory the job freed back to the
+OS (:mod:`workers.memory`), so its footprint does not grow with the clients it serves. The class is plain
+Python (usable in-process); :func:`make_worker` turns it into a Ray actor with explicit CPU/GPU options.
+This module imports no PEFT or transformers code at import time (the driver process, which only
+creates the actors, never loads them).
 """
 
 from __future__ import annotations
@@ -13,20 +16,21 @@ import functools
 import os
 import socket
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from orchestrator.types import ClientStart, ClientUpdate, Delta, ModuleSpec
 from workers.data_config import DataConfig
-from workers.evaluation import evaluate
-from workers.local_training import LocalTrainer
+from workers.memory import release_freed_memory
 from workers.models import ModelConfig, head_state, load_model
-from workers.partition import FederatedData, load_federated
-from workers.partition import partition_summary as _partition_summary
 from workers.resources import ResourceConfig, WorkerResources, resolve_resources
 from workers.train_config import TrainConfig
+
+if TYPE_CHECKING:
+    from workers.eval_results import EvalPartial
+    from workers.partition import FederatedData
 
 
 class ClientWorker:
@@ -37,6 +41,9 @@ class ClientWorker:
 
     def __init__(self, model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, seed: int,
                  num_threads: int = 1, data: FederatedData | None = None):
+        from workers.local_training import LocalTrainer
+        from workers.partition import load_federated
+
         torch.set_num_threads(max(1, int(num_threads)))
         self.seed = int(seed)
         self.model_cfg = model_cfg
@@ -64,7 +71,9 @@ class ClientWorker:
 
     def partition_summary(self) -> list[dict[str, Any]]:
         """One record per client: ``client``, ``n_train``, ``n_test`` and per-label train counts."""
-        return _partition_summary(self.data).to_dict("records")
+        from workers.partition import partition_summary
+
+        return partition_summary(self.data).to_dict("records")
 
     def data_info(self) -> dict[str, Any]:
         """Task, number of labels and clients, size of the global test set (counts only)."""
@@ -73,20 +82,42 @@ class ClientWorker:
 
     def train(self, start: ClientStart) -> ClientUpdate:
         """Run ``start`` on its client's local train split."""
-        return self.trainer.train(start, self._client(start.client_id).train)
+        try:
+            return self.trainer.train(start, self._client(start.client_id).train)
+        finally:
+            release_freed_memory()
 
     def evaluate(self, deltas: dict[str, Delta | Sequence[Delta]], head: dict[str, Tensor] | None = None,
                  client_id: int | None = None) -> dict[str, float]:
         """Metrics of ``W0 + deltas`` (+ head) on the global test set, or on ``client_id``'s local test split."""
+        from workers.eval_results import combine
+
+        return combine([self.evaluate_shard(deltas, head, client_id)])
+
+    def evaluate_shard(self, deltas: dict[str, Delta | Sequence[Delta]], head: dict[str, Tensor] | None = None,
+                       client_id: int | None = None, start: int = 0, stop: int | None = None) -> EvalPartial:
+        """Per-example results on examples ``[start, stop)`` of the global test set (or of a client's split).
+
+        One shard of an evaluation spread over workers (``workers.eval_results``).
+        """
+        from workers.evaluation import evaluate_partial
+
         examples = self.data.global_test if client_id is None else self._client(client_id).test
-        return evaluate(self.trainer, deltas, head, examples)
+        try:
+            return evaluate_partial(self.trainer, deltas, head, examples[start:stop])
+        finally:
+            release_freed_memory()
 
     def export_adapter(self, deltas: dict[str, Delta], head: dict[str, Tensor] | None = None) -> dict[str, bytes]:
         """PEFT adapter files of ``W0 + deltas`` (+ head), built on a freshly loaded copy of the base model."""
         from workers.export import export_adapter
 
         fresh = load_model(self.model_cfg, self.data.task, self.num_labels, self.seed)
-        return export_adapter(fresh, deltas, head)
+        try:
+            return export_adapter(fresh, deltas, head)
+        finally:
+            del fresh
+            release_freed_memory()
 
     def _client(self, client_id: int):
         if not 0 <= client_id < self.data.num_clients:

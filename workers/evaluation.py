@@ -7,6 +7,9 @@ start uses), so the global model of any method and a client's personalised model
 - classification: ``accuracy``, ``mcc`` (Matthews correlation) and the mean cross-entropy ``loss``;
 - causal LM: ``rouge_l`` of greedy generations (``max_new_tokens``) against the targets, and ``loss``,
   the mean next-token cross-entropy over the target tokens (teacher forcing).
+
+:func:`evaluate_partial` returns the per-example numbers of one shard (``workers.eval_results``), which
+the driver combines exactly across workers; :func:`evaluate` is the one-shard case.
 """
 
 from __future__ import annotations
@@ -19,13 +22,20 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from orchestrator.types import Delta
+from workers.eval_results import EvalPartial, combine
 from workers.local_training import IGNORE_INDEX, LocalTrainer, causal_batch, prompt_of
-from workers.task_metrics import accuracy, matthews_corrcoef, rouge_l
+from workers.task_metrics import rouge_l_scores
 
 
 def evaluate(trainer: LocalTrainer, deltas: dict[str, Delta | Sequence[Delta]],
              head: dict[str, Tensor] | None, examples: Sequence[Any]) -> dict[str, float]:
     """Metrics of ``W0 + deltas`` (+ ``head``; ``None`` = the model's initial head) on ``examples``."""
+    return combine([evaluate_partial(trainer, deltas, head, examples)])
+
+
+def evaluate_partial(trainer: LocalTrainer, deltas: dict[str, Delta | Sequence[Delta]],
+                     head: dict[str, Tensor] | None, examples: Sequence[Any]) -> EvalPartial:
+    """Per-example results of ``W0 + deltas`` (+ ``head``) on ``examples`` (one shard; see ``eval_results``)."""
     if not examples:
         raise ValueError("evaluate needs at least one example")
     prepare_eval(trainer, deltas, head)
@@ -44,39 +54,36 @@ def prepare_eval(trainer: LocalTrainer, deltas: dict[str, Delta | Sequence[Delta
 
 
 @torch.no_grad()
-def _classification(trainer: LocalTrainer, examples: Sequence[Any]) -> dict[str, float]:
-    preds: list[int] = []
-    labels: list[int] = []
-    loss_sum = 0.0
+def _classification(trainer: LocalTrainer, examples: Sequence[Any]) -> EvalPartial:
+    out = EvalPartial("classification")
     size = trainer.cfg.eval_batch_size
     for i in range(0, len(examples), size):
         batch = trainer.collate(examples[i: i + size])
         y = batch.pop("labels")
         logits = trainer.model(**batch).logits.float()
-        loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-        preds.extend(logits.argmax(-1).tolist())
-        labels.extend(y.tolist())
-    return {"accuracy": accuracy(preds, labels), "mcc": matthews_corrcoef(preds, labels),
-            "loss": loss_sum / len(labels), "n_examples": float(len(labels))}
+        out.loss_sums.extend(F.cross_entropy(logits, y, reduction="none").double().tolist())
+        out.preds.extend(logits.argmax(-1).tolist())
+        out.labels.extend(y.tolist())
+    out.loss_counts = [1] * len(out.loss_sums)
+    return out
 
 
 @torch.no_grad()
-def _causal(trainer: LocalTrainer, examples: Sequence[Any]) -> dict[str, float]:
+def _causal(trainer: LocalTrainer, examples: Sequence[Any]) -> EvalPartial:
+    out = EvalPartial("causal_lm")
     size = trainer.cfg.eval_batch_size
-    loss_sum, n_tokens = 0.0, 0
-    generations: list[str] = []
     for i in range(0, len(examples), size):
         chunk = examples[i: i + size]
         batch = {k: v.to(trainer.device) for k, v in
                  causal_batch(trainer.tokenizer, chunk, trainer.max_length).items()}
-        labels = batch.pop("labels")
-        logits = trainer.model(**batch).logits
-        loss_sum += float(F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(),
-                                          ignore_index=IGNORE_INDEX, reduction="sum"))
-        n_tokens += int((labels[:, 1:] != IGNORE_INDEX).sum())
-        generations.extend(generate(trainer, [prompt_of(ex) for ex in chunk]))
-    return {"rouge_l": rouge_l(generations, [str(ex.target) for ex in examples]),
-            "loss": loss_sum / max(n_tokens, 1), "n_examples": float(len(examples))}
+        labels = batch.pop("labels")[:, 1:]
+        logits = trainer.model(**batch).logits[:, :-1].float()
+        token_loss = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=IGNORE_INDEX, reduction="none")
+        out.loss_sums.extend(token_loss.double().sum(1).tolist())
+        out.loss_counts.extend((labels != IGNORE_INDEX).sum(1).tolist())
+        generations = generate(trainer, [prompt_of(ex) for ex in chunk])
+        out.rouge.extend(rouge_l_scores(generations, [str(ex.target) for ex in chunk]))
+    return out
 
 
 def generate(trainer: LocalTrainer, prompts: Sequence[str]) -> list[str]:

@@ -56,16 +56,21 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str | Sequence[str]
     Uses ``rouge_score``'s default tokenizer (lower-cased, non-ASCII-alphanumeric characters dropped), so
     a non-ASCII-only text scores 0.
     """
+    if not predictions and not references:
+        raise ValueError("rouge_l of no predictions is undefined")
+    return float(np.mean(rouge_l_scores(predictions, references)))
+
+
+def rouge_l_scores(predictions: Sequence[str], references: Sequence[str | Sequence[str]]) -> list[float]:
+    """Per-example ROUGE-L F-measure (the best over each prediction's references); see :func:`rouge_l`."""
     if len(predictions) != len(references):
         raise ValueError(f"{len(predictions)} predictions but {len(references)} references")
-    if not predictions:
-        raise ValueError("rouge_l of no predictions is undefined")
     scorer = _rouge_scorer()
     scores = []
     for pred, refs in zip(predictions, references):
         refs = [refs] if isinstance(refs, str) else list(refs)
         scores.append(max(scorer.score(ref, pred)["rougeL"].fmeasure for ref in refs) if refs else 0.0)
-    return float(np.mean(scores))
+    return scores
 
 
 METRICS: dict[str, Callable[..., float]] = {
