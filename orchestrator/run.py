@@ -114,6 +114,7 @@ class Experiment:
         self.files = RoundFiles(out, self.description["similarity_module"])
         self.files.rewrite(self.records)
         self.session_rounds, self.session_round_seconds = 0, 0.0
+        self.startup_seconds = time.perf_counter() - self.t_start
 
     @property
     def completed(self) -> int:
@@ -147,10 +148,13 @@ class Experiment:
 
         from workers.export import write_adapter
 
+        t0 = time.perf_counter()
         files = ray.get(self.driver.export_global.remote())
         write_adapter(files, self.out / "adapter")
         wall = time.perf_counter() - self.t_start
-        session = {"rounds": self.session_rounds, "rounds_seconds": self.session_round_seconds, "seconds": wall}
+        # measured piece by piece, so time spent between the calls (another run interleaved) does not count
+        session = {"rounds": self.session_rounds, "rounds_seconds": self.session_round_seconds,
+                   "seconds": self.startup_seconds + self.session_round_seconds + time.perf_counter() - t0}
         summary = summarize(self.records, self.cfg.to_dict(), self.fingerprint, wall, self.description["num_workers"],
                             session)
         write_summary(self.out, summary)
