@@ -4,7 +4,7 @@ Part (a), overhead. The default MiniLM config (``configs/minilm_fedplora.yaml``:
 = 6 clients per round, ranks 1/4/8, 10 local steps of batch 16, evaluation every 2 rounds on 500 examples,
 noise metrics on, a checkpoint every round), shortened with ``--rounds`` (default 3: evaluations after rounds
 2 and 3), run through the same calls as ``orchestrator.run.run`` (``Experiment`` -> ``step`` per round ->
-``finish`` -> ``close``) with 2 workers. Ideal time (the issue's definition) = sum of client compute /
+``finish`` -> ``close``) with 2 workers. Ideal time = sum of client compute /
 number of workers + aggregation + evaluation. Reported:
 
 - ``summary.json``'s ``overhead_ratio`` (``outputs.summarize``: the caller's wall time of the rounds over the

@@ -97,7 +97,7 @@ def summarize(records: list[dict[str, Any]], config: dict[str, Any], fingerprint
               num_workers: int, session: dict[str, float] | None = None) -> dict[str, Any]:
     """Final and best metric values, totals, timings, the overhead ratios and package versions.
 
-    Ideal time of a round (the issue's definition) = sum(client compute) / workers + aggregation +
+    Ideal time of a round = sum(client compute) / workers + aggregation +
     evaluation wall time. ``session`` (measured by the caller, over the rounds this process ran):
     ``rounds`` (how many), ``rounds_seconds`` (the caller's wall time of those rounds: the driver's round,
     the Ray calls, the round files and the checkpoints) and ``seconds`` (the same plus the startup of the
