@@ -45,11 +45,9 @@ Run: ``python benchmarks/bench_driver.py`` (writes benchmarks/results/driver.{js
 from __future__ import annotations
 
 import argparse
-import datetime as _dt
 import gc
 import json
 import os
-import platform
 import shutil
 import statistics
 import subprocess
@@ -68,6 +66,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(ROOT), os.environ.get
 
 import psutil  # noqa: E402
 import torch  # noqa: E402
+from machine import load_average  # noqa: E402
+from machine import machine_info as _machine_info  # noqa: E402
 
 from orchestrator.config import RunConfig, load_config  # noqa: E402
 from orchestrator.methods import build_method  # noqa: E402
@@ -600,18 +600,7 @@ def metrics_breakdown(participants: list[int], repeats: int = 1) -> list[dict]:
 
 # ---- reporting ------------------------------------------------------------------------------------------------
 def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {"platform": platform.platform(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
-            "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-            "mem_total_gib": round(psutil.virtual_memory().total / 2**30, 1), "versions": package_versions()}
+    return _machine_info(versions=package_versions())
 
 
 def scale_verdict(results: list[dict]) -> str:
@@ -963,7 +952,7 @@ def main(argv: list[str] | None = None) -> dict:
     finally:
         ray.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
-    result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["machine"]["loadavg_end"] = load_average()
     result["wall_s"] = time.perf_counter() - t_wall
     table = render(result)
     out = args.out or (None if args.quick else "benchmarks/results/driver.json")

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime as _dt
 import gc
 import json
 import os
@@ -51,6 +50,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from machine import load_average  # noqa: E402
+from machine import machine_info as _machine_info  # noqa: E402
 
 from orchestrator.linalg import factored_svd  # noqa: E402
 from orchestrator.method_config import MethodConfig  # noqa: E402
@@ -361,30 +363,8 @@ def _extrapolate(rows: list[dict], scale: dict, key: str) -> float | None:
 
 # ---- reporting ---------------------------------------------------------------------------------------------
 def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu_model": cpu,
-        "cpu_count": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "torch_interop_threads": torch.get_num_interop_threads(),
-        "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-    }
-    try:
-        info["loadavg_start"] = [round(x, 2) for x in os.getloadavg()]
-        info["mem_total_gib"] = round(int(Path("/proc/meminfo").read_text().split()[1]) / 2**20, 1)
-    except (OSError, IndexError, ValueError):
-        pass
-    return info
+    return _machine_info(python=platform.python_version(), torch=torch.__version__,
+                         torch_threads=torch.get_num_threads(), torch_interop_threads=torch.get_num_interop_threads())
 
 
 def fmt(x: float | None) -> str:
@@ -637,7 +617,7 @@ def main(argv: list[str] | None = None) -> dict:
     t2 = fedplora_vs_fedit(result["runs"], scale_names)
     if t2:
         result["target_fedplora_vs_fedit"] = t2
-    result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    result["machine"]["loadavg_end"] = load_average()
     result["wall_s"] = time.perf_counter() - t_wall
     table = render(result)
     print()

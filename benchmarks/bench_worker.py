@@ -48,11 +48,9 @@ from __future__ import annotations
 
 import argparse
 import cProfile
-import datetime as _dt
 import gc
 import json
 import os
-import platform
 import pstats
 import statistics
 import sys
@@ -71,6 +69,8 @@ os.environ["PYTHONPATH"] = os.pathsep.join(
 
 import psutil  # noqa: E402
 import torch  # noqa: E402
+from machine import load_average  # noqa: E402
+from machine import machine_info as _machine_info  # noqa: E402
 
 from orchestrator.config import RunConfig, load_config  # noqa: E402
 from orchestrator.methods import build_method  # noqa: E402
@@ -475,21 +475,7 @@ def _slope(xs: list[float], ys: list[float]) -> float:
 
 # ---- reporting ---------------------------------------------------------------------------------------------
 def machine_info() -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    info = {"platform": platform.platform(), "cpu_model": cpu, "cpu_count": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "date_utc": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
-            "loadavg_start": [round(x, 2) for x in os.getloadavg()],
-            "mem_total_gib": round(psutil.virtual_memory().total / 2**30, 1),
-            "versions": package_versions()}
-    return info
+    return _machine_info(torch_threads=torch.get_num_threads(), versions=package_versions())
 
 
 def render(result: dict) -> str:
@@ -713,7 +699,7 @@ def main(argv: list[str] | None = None) -> dict:
                                       args.reference_jobs)
     finally:
         ray.shutdown()
-    result["machine"]["loadavg_end"] = [round(x, 2) for x in os.getloadavg()]
+    result["machine"]["loadavg_end"] = load_average()
     result["wall_s"] = time.perf_counter() - t_wall
     table = render(result)
     print()
