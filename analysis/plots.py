@@ -264,6 +264,12 @@ def plot_by_axis(results: pd.DataFrame, out: str | Path, axis: str = "ranks.dist
     return _save(fig, out)
 
 
+def one_trial(frame: pd.DataFrame, trial_id: str | None) -> tuple[pd.DataFrame, str]:
+    """The rows of ``trial_id`` (default: the first trial id in sorted order) and that id."""
+    trial_id = str(trial_id) if trial_id is not None else str(sorted(frame["trial_id"].astype(str).unique())[0])
+    return frame[frame["trial_id"].astype(str) == trial_id], trial_id
+
+
 @_skippable
 def plot_similarity(similarity: pd.DataFrame | None, out: str | Path, trial_id: str | None = None,
                     round: int | str | None = None, module: str | None = None) -> Path:  # noqa: A002
@@ -278,8 +284,7 @@ def plot_similarity(similarity: pd.DataFrame | None, out: str | Path, trial_id: 
         raise SkipPlot("no similarity.csv (the method has no rank slots, or metrics.similarity_module is off)")
     frame = similarity
     if "trial_id" in frame.columns:
-        trial_id = str(trial_id) if trial_id is not None else str(sorted(frame["trial_id"].astype(str).unique())[0])
-        frame = frame[frame["trial_id"].astype(str) == trial_id]
+        frame, trial_id = one_trial(frame, trial_id)
     if module is not None or ("module" in frame.columns and frame["module"].notna().any()):
         module = module if module is not None else frame["module"].dropna().iloc[0]
         frame = frame[frame["module"] == module]
@@ -353,8 +358,7 @@ def plot_partition(partition: pd.DataFrame | None, out: str | Path, trial_id: st
         raise SkipPlot("no partition.csv")
     frame = partition
     if "trial_id" in frame.columns:
-        trial_id = str(trial_id) if trial_id is not None else str(sorted(frame["trial_id"].astype(str).unique())[0])
-        frame = frame[frame["trial_id"].astype(str) == trial_id]
+        frame, trial_id = one_trial(frame, trial_id)
         if not len(frame):
             raise SkipPlot(f"no partition rows for trial {trial_id!r}")
     frame = frame.sort_values("client")
