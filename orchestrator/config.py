@@ -68,6 +68,9 @@ class RunConfig:
         check_int("rounds", self.rounds, 1)
         check_int("eval_every", self.eval_every, 1)
         check_int("checkpoint_every", self.checkpoint_every, 1)
+        if self.data.global_test_size < 1:
+            raise ValueError(f"data.global_test_size={self.data.global_test_size} must be >= 1: a run evaluates "
+                             "the global model on the global test set")
         if isinstance(self.participation, bool) or not isinstance(self.participation, int | float) or not (
                 0.0 < self.participation <= 1.0):
             raise ValueError(f"participation={self.participation!r} must be in (0, 1]")
