@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import re
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from analysis.tables import (
     trial_values,
     write_table,
 )
+from core.naming import slug
 
 SETUP_KEYS = ("model.name", "data.dataset", "data.glue_task", "data.num_clients", "data.partition", "data.alpha",
               "data.classes_per_client", "participation", "rounds", "eval_every", "method.name",
@@ -291,16 +291,16 @@ def _figures(data: _Input, folder: Path, metric: str, stat: str, axes: list[str]
         add(f"{metric} vs communication", plots.plot_communication(results, folder / f"communication_{metric}.png",
                                                                     metric=metric))
         for axis in dict.fromkeys([*axes, *extra]):
-            add(f"{stat} {metric} by {axis}", plots.plot_by_axis(data.results, folder / f"by_{_slug(axis)}.png",
+            add(f"{stat} {metric} by {axis}", plots.plot_by_axis(data.results, folder / f"by_{slug(axis)}.png",
                                                                  axis=axis, metric=metric, stat=stat))
         for setting, trial_id in _pick_trials(data, data.similarity):
             add(f"module similarity, {setting} (trial {trial_id}, last round)",
-                plots.plot_similarity(data.similarity, folder / f"similarity_{_slug(setting)}.png", trial_id=trial_id))
+                plots.plot_similarity(data.similarity, folder / f"similarity_{slug(setting)}.png", trial_id=trial_id))
         if not len(data.similarity):
             add("module similarity", plots.plot_similarity(None, folder / "similarity.png"))
         for setting, trial_id in _pick_trials(data, data.partition, prefer=None):
             add(f"partition, {setting} (trial {trial_id})",
-                plots.plot_partition(data.partition, folder / f"partition_{_slug(setting)}.png", trial_id=trial_id))
+                plots.plot_partition(data.partition, folder / f"partition_{slug(setting)}.png", trial_id=trial_id))
         if not len(data.partition):
             add("partition", plots.plot_partition(None, folder / "partition.png"))
     finally:
@@ -478,10 +478,6 @@ def _one_line(text: str, limit: int = 140) -> str:
     line = next((ln.strip() for ln in reversed(text.strip().splitlines()) if ln.strip()), "")
     line = line.replace("|", "\\|")
     return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
-def _slug(text: Any) -> str:
-    return re.sub(r"[^A-Za-z0-9.]+", "_", str(text)).strip("_").lower() or "x"
 
 
 def _bytes(value: Any) -> str:

@@ -69,13 +69,13 @@ import torch  # noqa: E402
 from machine import load_average  # noqa: E402
 from machine import machine_info as _machine_info  # noqa: E402
 
+from core.rng import generator  # noqa: E402
+from core.wire import ClientStart, ClientUpdate, ModuleSpec  # noqa: E402
 from orchestrator.config import RunConfig, load_config  # noqa: E402
 from orchestrator.methods import build_method  # noqa: E402
 from orchestrator.outputs import package_versions  # noqa: E402
 from orchestrator.ranks import assign_ranks  # noqa: E402
-from orchestrator.rng import generator  # noqa: E402
 from orchestrator.run import init_ray  # noqa: E402
-from orchestrator.types import ClientStart, ClientUpdate, ModuleSpec  # noqa: E402
 
 CONFIG = "configs/minilm_fedplora.yaml"
 MiB = 2**20

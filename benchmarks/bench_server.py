@@ -54,12 +54,12 @@ if str(ROOT) not in sys.path:
 from machine import load_average  # noqa: E402
 from machine import machine_info as _machine_info  # noqa: E402
 
+from core.wire import ClientStart, ClientUpdate, ModuleSpec  # noqa: E402
 from orchestrator.linalg import factored_svd  # noqa: E402
 from orchestrator.method_config import MethodConfig  # noqa: E402
 from orchestrator.methods import available_methods, build_method  # noqa: E402
 from orchestrator.metrics import aggregation_noise, init_noise_function, init_noise_param  # noqa: E402
 from orchestrator.ranks import RankConfig, assign_ranks  # noqa: E402
-from orchestrator.types import ClientStart, ClientUpdate, ModuleSpec  # noqa: E402
 
 R = 16  # global rank
 R_MID = 4

@@ -72,13 +72,13 @@ import torch  # noqa: E402
 from machine import load_average  # noqa: E402
 from machine import machine_info as _machine_info  # noqa: E402
 
+from core.rng import generator  # noqa: E402
+from core.wire import ClientStart  # noqa: E402
 from orchestrator.config import RunConfig, load_config  # noqa: E402
 from orchestrator.methods import build_method  # noqa: E402
 from orchestrator.outputs import package_versions  # noqa: E402
 from orchestrator.ranks import assign_ranks  # noqa: E402
-from orchestrator.rng import generator  # noqa: E402
 from orchestrator.run import init_ray  # noqa: E402
-from orchestrator.types import ClientStart  # noqa: E402
 from workers.actor import ClientWorker, make_worker  # noqa: E402
 from workers.local_training import batch_indices  # noqa: E402
 from workers.models import _resolve_source  # noqa: E402

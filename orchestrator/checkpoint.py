@@ -25,30 +25,11 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from orchestrator.types import GlobalState
+from core.files import atomic_write_text
+from orchestrator.state import GlobalState
 
 META_FILE = "state.json"
 RECORDS_FILE = "records.jsonl"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file + ``os.replace`` (atomic on POSIX)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Text version of :func:`atomic_write_bytes`."""
-    atomic_write_bytes(path, text.encode())
 
 
 def save_checkpoint(folder: Path, state: GlobalState, info: dict[str, Any]) -> None:

@@ -19,9 +19,10 @@ from typing import Any
 
 import yaml
 
+from core.validation import check_int
 from orchestrator.method_config import MethodConfig
+from orchestrator.methods.registry import check_method_name
 from orchestrator.ranks import RankConfig
-from orchestrator.validation import check_int
 from workers.data_config import DataConfig
 from workers.models import ModelConfig
 from workers.resources import ResourceConfig
@@ -68,6 +69,7 @@ class RunConfig:
         check_int("rounds", self.rounds, 1)
         check_int("eval_every", self.eval_every, 1)
         check_int("checkpoint_every", self.checkpoint_every, 1)
+        check_method_name(self.method.name)
         if self.data.global_test_size < 1:
             raise ValueError(f"data.global_test_size={self.data.global_test_size} must be >= 1: a run evaluates "
                              "the global model on the global test set")
@@ -79,6 +81,10 @@ class RunConfig:
             need = 1.0 / self.data.num_clients
             raise ValueError(f"participation={self.participation} of data.num_clients={self.data.num_clients} "
                              f"samples 0 clients per round; use participation >= {need:.4g}")
+
+    def checkpoint_due(self, completed_round: int) -> bool:
+        """Whether a checkpoint follows 1-based round ``completed_round``: every ``checkpoint_every``, and the last."""
+        return completed_round % self.checkpoint_every == 0 or completed_round == self.rounds
 
     @property
     def clients_per_round(self) -> int:

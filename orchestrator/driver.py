@@ -20,11 +20,12 @@ from typing import Any
 import ray
 import torch
 
+from core.rng import generator
+from core.wire import ClientStart, ClientUpdate
 from orchestrator.config import RunConfig
 from orchestrator.methods import FederatedMethod, build_method
 from orchestrator.metrics import (
     aggregation_noise,
-    fedplora_rankwise_noise,
     init_noise_function,
     init_noise_param,
     module_cosine_similarity,
@@ -32,8 +33,7 @@ from orchestrator.metrics import (
 )
 from orchestrator.pool import Job, WorkerPool
 from orchestrator.ranks import assign_ranks
-from orchestrator.rng import generator
-from orchestrator.types import ClientStart, ClientUpdate, GlobalState
+from orchestrator.state import GlobalState
 from workers.actor import make_worker
 from workers.eval_results import combine, shard_ranges
 from workers.resources import resolve_resources
@@ -69,7 +69,7 @@ class Driver:
         self.data_info = info
         self.partition = partition
         self.client_sizes = {int(k): int(v) for k, v in sizes.items()}
-        self.num_clients = int(info["num_clients"])
+        self.num_clients = cfg.data.num_clients
         self.client_ranks = assign_ranks(cfg.ranks, self.num_clients, cfg.seed)
         self.method: FederatedMethod = build_method(cfg.method, specs, self.client_ranks, cfg.ranks.max_rank,
                                                     cfg.seed)
@@ -186,9 +186,7 @@ class Driver:
         params = [init_noise_param(factors, s) for s in starts]
         out["init_noise_param"] = float("nan") if None in params else sum(params)  # type: ignore[arg-type]
         out["agg_noise"] = aggregation_noise(self.method.global_delta(new_state), starts, updates, weights)
-        if all("main" in s.adapters and all(None not in a.slots for a in s.adapters["main"].values())
-               for s in starts) and self.cfg.method.name == "fedplora":
-            out["agg_noise_rankwise"] = fedplora_rankwise_noise(starts, updates)
+        out.update(self.method.extra_noise(starts, updates))
         return out
 
     def _similarity_module(self) -> str | None:

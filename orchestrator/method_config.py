@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from orchestrator.validation import check_choice
+from core.validation import check_choice
 
 WEIGHTINGS = ("data", "uniform", "sparsity")
 SELECTIONS = ("random", "fixed", "weight_norm")
@@ -17,6 +17,9 @@ SCALINGS = ("standard", "rslora")
 @dataclass(frozen=True)
 class MethodConfig:
     """Options of the federated method. ``None`` means "the method's published default".
+
+    ``name`` is checked against the method registry by :class:`orchestrator.config.RunConfig` (the
+    registry's methods import this module, so it cannot ask the registry itself).
 
     Scaling: every one-rank piece of every adapter gets the same scale ``s`` on every client, in the fold
     and on the server. ``standard``: ``s = lora_alpha / R`` with ``lora_alpha = R`` by default, i.e.
@@ -39,9 +42,6 @@ class MethodConfig:
     pfedlora_private_fraction: float = 0.5
 
     def __post_init__(self) -> None:
-        from orchestrator.methods.registry import available_methods
-
-        check_choice("method.name", self.name, tuple(available_methods()))
         if self.weighting is not None:
             check_choice("method.weighting", self.weighting, WEIGHTINGS)
         check_choice("method.selection", self.selection, SELECTIONS)

@@ -23,8 +23,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from core.wire import ClientStart, ClientUpdate, Delta, LowRankDelta, ModuleName
 from orchestrator.linalg import frobenius_of_sum
-from orchestrator.types import ClientStart, ClientUpdate, Delta, LowRankDelta, ModuleName
 
 F64 = torch.float64
 

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from orchestrator.checkpoint import atomic_write_text
+from core.files import atomic_write_text
 
 RUN_MARKER = "config.yaml"
 NON_SCALAR = ("client_rows", "similarity")

@@ -20,8 +20,8 @@ from dataclasses import dataclass
 
 import torch
 
-from orchestrator.rng import generator
-from orchestrator.validation import check_choice
+from core.rng import generator
+from core.validation import check_choice
 
 DISTRIBUTIONS = ("groups", "homogeneous", "list", "uniform", "heavy_tail_light", "heavy_tail_strong",
                  "normal")

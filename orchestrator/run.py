@@ -129,7 +129,7 @@ class Experiment:
         self.records.append(record)
         append_record(self.out / CHECKPOINT_DIR, record)
         self.files.append(self.records)
-        if record["round"] % self.cfg.checkpoint_every == 0 or record["round"] == self.cfg.rounds:
+        if self.cfg.checkpoint_due(record["round"]):
             self.checkpoint()
         self.session_rounds += 1
         self.session_round_seconds += time.perf_counter() - t0

@@ -18,7 +18,7 @@ from typing import Any
 import pandas as pd
 
 from analysis.load import read_csv_or_empty
-from orchestrator.checkpoint import atomic_write_bytes
+from core.files import atomic_write_bytes
 from sweeps.spec import TrialSpec, columns_of
 from sweeps.tune_runner import TRIALS_DIR, read_trial_state
 

@@ -146,7 +146,7 @@ def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec
     import ray
     from ray import tune
 
-    from orchestrator.checkpoint import atomic_write_text
+    from core.files import atomic_write_text
     from sweeps.progress import SweepProgress
     from sweeps.results import build_tables, format_trials, write_tables
     from sweeps.tune_runner import TUNE_DIR, placement_factory, plan_resources, run_trial, short_error
@@ -223,7 +223,7 @@ def _append_run_log(out: Path, entry: dict[str, Any]) -> None:
     """``DIR/runs.json``: one entry per (resumed) run of the sweep: wall time, concurrency, statuses."""
     import json
 
-    from orchestrator.checkpoint import atomic_write_text
+    from core.files import atomic_write_text
 
     path = out / "runs.json"
     runs = json.loads(path.read_text()) if path.is_file() else []

@@ -39,6 +39,7 @@ from typing import Any
 
 import yaml
 
+from core.naming import slug
 from orchestrator.config import RunConfig, all_keys, apply_overrides, build, unknown_key_message
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
@@ -326,11 +327,15 @@ def _check_overlaps(variants, settings, grid, seeds, errors: list[str]) -> None:
 
 
 def _method_errors(names: list[Any], where: str) -> list[str]:
-    from orchestrator.methods import available_methods
+    from orchestrator.methods import check_method_name
 
-    known = available_methods()
-    return [f"{where}: method.name={n!r} is not a known method; choose one of {known}" for n in names
-            if n not in known]
+    errors = []
+    for name in names:
+        try:
+            check_method_name(name)
+        except ValueError as err:
+            errors.append(f"{where}: {err}")
+    return errors
 
 
 def _flatten_set(overrides: dict[str, Any]) -> dict[str, Any]:
@@ -442,26 +447,21 @@ def _which(where: list[str], total: int) -> str:
 
 def _probe_method(cfg: RunConfig) -> None:
     """Build the trial's method on a probe module: catches method/rank mismatches before any trial starts."""
+    from core.wire import ModuleSpec
     from orchestrator.methods import build_method
     from orchestrator.ranks import assign_ranks
-    from orchestrator.types import ModuleSpec
 
     size = 4 * cfg.ranks.max_rank + 8
     ranks = assign_ranks(cfg.ranks, cfg.data.num_clients, cfg.seed)
     build_method(cfg.method, [ModuleSpec("probe", size, size)], ranks, cfg.ranks.max_rank, cfg.seed)
 
 
-def _slug(text: Any) -> str:
-    s = re.sub(r"[^a-z0-9.=]+", "-", str(text).lower()).strip("-")
-    return s or "x"
-
-
 def trial_id(index: int, label: str, setting: str, point: dict[str, Any], seed: int) -> str:
     """Stable, readable id: ``003-fedit-r-2-non-iid-dir-0.5-lr=0.001-s0`` (the index keeps it unique)."""
-    parts = [f"{index:03d}", _slug(label)]
+    parts = [f"{index:03d}", slug(label)]
     if setting != "default":
-        parts.append(_slug(setting))
-    parts += [_slug(f"{k.rsplit('.', 1)[-1]}={v}") for k, v in point.items()]
+        parts.append(slug(setting))
+    parts += [slug(f"{k.rsplit('.', 1)[-1]}={v}") for k, v in point.items()]
     parts.append(f"s{seed}")
     tid = "-".join(parts)
     return tid if len(tid) <= 96 else tid[:88].rstrip("-") + "-" + hashlib.sha1(tid.encode()).hexdigest()[:7]

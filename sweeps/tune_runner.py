@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from orchestrator.checkpoint import atomic_write_text
+from core.files import atomic_write_text
 from orchestrator.config import RunConfig, build
 from sweeps.spec import TrialSpec
 from workers.resources import resolve_resources
@@ -194,7 +194,7 @@ def run_trial(config: dict[str, Any], sweep_dir: str, plan: dict[str, dict[str, 
             record = exp.step()
             state.update(rounds_completed=exp.completed, wall_seconds=prior_wall + time.perf_counter() - t0)
             _write_state(out, state)
-            due = record["round"] % cfg.checkpoint_every == 0 or record["round"] == cfg.rounds
+            due = cfg.checkpoint_due(record["round"])
             _report(trial_id, record, state, due)
             reported = True
         exp.finish()

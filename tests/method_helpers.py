@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import torch
 
+from core.wire import ClientStart, ClientUpdate, ModuleSpec
 from orchestrator.method_config import MethodConfig
 from orchestrator.methods import build_method
-from orchestrator.types import ClientStart, ClientUpdate, GlobalState, ModuleSpec
+from orchestrator.state import GlobalState
 
 MODULES = [ModuleSpec("layer0.q", 6, 5), ModuleSpec("layer0.v", 4, 5), ModuleSpec("layer1.q", 6, 5)]
 

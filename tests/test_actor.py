@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from orchestrator.rng import generator, kaiming_uniform_A
-from orchestrator.types import AdapterInit, ClientStart, ClientUpdate, LowRankDelta
+from core.rng import generator, kaiming_uniform_A
+from core.wire import AdapterInit, ClientStart, ClientUpdate, LowRankDelta
 from workers.data_config import DataConfig
 from workers.models import ModelConfig
 from workers.resources import ResourceConfig, WorkerResources, resolve_resources

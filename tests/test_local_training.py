@@ -5,16 +5,9 @@ import time
 import pytest
 import torch
 
-from orchestrator.rng import generator, kaiming_uniform_A
-from orchestrator.types import (
-    AdapterInit,
-    ClientStart,
-    ClientUpdate,
-    LocalStage,
-    LowRankDelta,
-    TailPenalty,
-    validate_update,
-)
+from core.rng import generator, kaiming_uniform_A
+from core.wire import AdapterInit, ClientStart, ClientUpdate, LocalStage, LowRankDelta, TailPenalty
+from orchestrator.update_checks import validate_update
 from workers.eval_results import combine, shard_ranges
 from workers.evaluation import evaluate, evaluate_partial, prepare_eval
 from workers.local_training import LocalTrainer, causal_batch, split_steps

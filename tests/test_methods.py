@@ -6,9 +6,10 @@ import pytest
 import torch
 from method_helpers import MODULES, make, random_state, run_rounds, trained
 
+from core.wire import ModuleSpec
 from orchestrator.linalg import factored_svd
 from orchestrator.methods import available_methods
-from orchestrator.types import InvalidClientUpdate, ModuleSpec
+from orchestrator.update_checks import InvalidClientUpdate
 
 F64 = torch.float64
 
@@ -166,7 +167,7 @@ def test_hetlora_zero_padding_hand_computed_two_clients():
     state.tensors["q/A"] = torch.tensor([[3.0], [4.0]])
     s0, s1 = m.client_start(state, 0, 0), m.client_start(state, 1, 0)
     assert s0.adapters["main"]["q"].slots == (0,) and torch.equal(s0.adapters["main"]["q"].B, torch.tensor([[1.0]]))
-    from orchestrator.types import ClientUpdate
+    from core.wire import ClientUpdate
     u0 = ClientUpdate(0, 0, {"main": {"q": (torch.tensor([[10.0]]), torch.tensor([[20.0]]))}}, 1, 0.0)
     u1 = ClientUpdate(1, 0, {"main": {"q": (torch.tensor([[30.0, 40.0]]), torch.tensor([[50.0], [60.0]]))}}, 3, 0.0)
     new = m.aggregate(state, [s0, s1], [u0, u1]).state
@@ -181,7 +182,7 @@ def test_hetlora_sparsity_weights_and_untrained_slots_unchanged():
     state = m.init_global()
     state.tensors["q/B"] = torch.tensor([[1.0, 2.0, 3.0]])
     state.tensors["q/A"] = torch.tensor([[1.0], [1.0], [1.0]])
-    from orchestrator.types import ClientUpdate
+    from core.wire import ClientUpdate
     starts = [m.client_start(state, c, 0) for c in (0, 1)]
     u = [ClientUpdate(0, 0, {"main": {"q": (torch.tensor([[1.0]]), torch.tensor([[2.0]]))}}, 5, 0.0),
          ClientUpdate(1, 0, {"main": {"q": (torch.tensor([[3.0]]), torch.tensor([[2.0]]))}}, 5, 0.0)]
@@ -200,7 +201,7 @@ def test_hetlora_self_pruning_shrinks_rank_when_tail_shrinks():
     state.tensors["q/A"] = torch.ones(4, 2)
     start = m.client_start(state, 0, 0)
     assert start.penalty is not None and start.penalty.start == {"q": 2}
-    from orchestrator.types import ClientUpdate
+    from core.wire import ClientUpdate
     B = torch.ones(2, 4)
     B[:, 2:] = 0.1  # tail shrank
     new = m.aggregate(state, [start], [ClientUpdate(0, 0, {"main": {"q": (B, torch.ones(4, 2))}}, 3, 0.0)]).state

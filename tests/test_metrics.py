@@ -4,6 +4,7 @@ import pytest
 import torch
 from method_helpers import make, random_state, run_rounds, trained
 
+from core.wire import ClientUpdate, ModuleSpec
 from orchestrator.metrics import (
     aggregation_noise,
     fedplora_rankwise_noise,
@@ -12,7 +13,6 @@ from orchestrator.metrics import (
     module_cosine_similarity,
     round_bytes,
 )
-from orchestrator.types import ClientUpdate, ModuleSpec
 
 ONE = [ModuleSpec("q", 1, 1)]
 

@@ -9,7 +9,7 @@ import torch
 
 from orchestrator.checkpoint import append_record, load_checkpoint, read_records, save_checkpoint, state_file
 from orchestrator.outputs import RoundFiles
-from orchestrator.types import GlobalState
+from orchestrator.state import GlobalState
 
 
 def record(r, evaluated=False, similarity=True):

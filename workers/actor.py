@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from orchestrator.types import ClientStart, ClientUpdate, Delta, ModuleSpec
+from core.wire import ClientStart, ClientUpdate, Delta, ModuleSpec
 from workers.data_config import DataConfig
 from workers.memory import release_freed_memory
 from workers.models import ModelConfig, head_state, load_model

@@ -10,7 +10,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from orchestrator.validation import check_choice, check_int
+from core.validation import check_choice, check_int
 
 DATASETS = ("rotten_tomatoes", "csv", "jsonl", "glue", "natural_instructions", "dolly",
             "rotten_tomatoes_instruct")

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from orchestrator.types import Delta
+from core.wire import Delta
 from workers.eval_results import EvalPartial, combine
 from workers.local_training import IGNORE_INDEX, LocalTrainer, causal_batch, prompt_of
 from workers.task_metrics import rouge_l_scores

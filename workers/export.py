@@ -18,7 +18,7 @@ import torch
 from peft import LoraConfig, get_peft_model
 from torch import Tensor
 
-from orchestrator.types import DenseDelta, LowRankDelta
+from core.wire import DenseDelta, LowRankDelta
 from workers.models import LoadedModel
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from peft import LoraConfig, inject_adapter_in_model
 from torch import Tensor, nn
 
-from orchestrator.types import ClientStart, ClientUpdate, Delta, LowRankDelta, TailPenalty
+from core.wire import ClientStart, ClientUpdate, Delta, LowRankDelta, TailPenalty
 from workers.models import LoadedModel, head_state
 from workers.train_config import TrainConfig
 

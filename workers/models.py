@@ -30,8 +30,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from orchestrator.rng import generator
-from orchestrator.types import ModuleSpec
+from core.rng import generator
+from core.wire import ModuleSpec
 
 BUILTIN_MODELS = ("minilm", "smollm2", "tiny-llama")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}

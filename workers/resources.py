@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from orchestrator.validation import is_number
+from core.validation import is_number
 
 DEVICES = ("auto", "cuda", "cpu")
 _EPS = 1e-9

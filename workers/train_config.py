@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from orchestrator.validation import check_int, check_positive, is_number
+from core.validation import check_int, check_positive, is_number
 
 OPTIMIZERS = ("adamw", "sgd")
 

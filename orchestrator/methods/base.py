@@ -9,29 +9,35 @@ the classification head is ``"head/<param>"`` and is averaged with data-size wei
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor
 
+from core.rng import derive_seed, generator, kaiming_uniform_A
+from core.wire import AdapterInit, ClientStart, ClientUpdate, Delta, LowRankDelta, ModuleName, ModuleSpec
 from orchestrator.method_config import MethodConfig
-from orchestrator.rng import derive_seed, generator, kaiming_uniform_A
-from orchestrator.types import (
-    HEAD_PREFIX,
-    AdapterInit,
-    Aggregation,
-    ClientStart,
-    ClientUpdate,
-    Delta,
-    GlobalState,
-    InvalidClientUpdate,
-    LowRankDelta,
-    ModuleName,
-    ModuleSpec,
-    validate_update,
-)
+from orchestrator.state import HEAD_PREFIX, Aggregation, GlobalState
+from orchestrator.update_checks import InvalidClientUpdate, validate_update
 
 Pair = tuple[ClientStart, ClientUpdate]
+
+
+@dataclass(frozen=True)
+class StartCommon:
+    """The ClientStart fields every method fills the same way (``ClientStart(..., **common.fields())``)."""
+
+    client_id: int
+    round: int
+    seed: int
+    rank: int
+    head: dict[str, Tensor] | None
+    train_head: bool
+
+    def fields(self) -> dict[str, Any]:
+        """The fields as keyword arguments (shallow: the head tensors are not copied)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
 class FederatedMethod(ABC):
@@ -102,6 +108,10 @@ class FederatedMethod(ABC):
         """Global (B, A) factors per module, rank slots in order (for the rank-wise init noise)."""
         return None
 
+    def extra_noise(self, starts: list[ClientStart], updates: list[ClientUpdate]) -> dict[str, float]:
+        """Method-specific noise metrics reported next to the common ones (none by default)."""
+        return {}
+
     def client_rank(self, state: GlobalState, client_id: int) -> int:
         """Client ``client_id``'s rank in the round that starts from ``state``."""
         return self.client_ranks[client_id]
@@ -121,12 +131,12 @@ class FederatedMethod(ABC):
         return Aggregation(new_state, weights)
 
     # ---- helpers for subclasses -----------------------------------------------------------------------
-    def start_common(self, state: GlobalState, client_id: int, round_idx: int) -> dict:
+    def start_common(self, state: GlobalState, client_id: int, round_idx: int) -> StartCommon:
         """ClientStart fields every method fills the same way."""
-        return dict(client_id=client_id, round=round_idx,
-                    seed=derive_seed(self.seed, "local", round_idx, client_id),
-                    rank=self.client_rank(state, client_id), head=state.head(),
-                    train_head=self.cfg.train_head)
+        return StartCommon(client_id=client_id, round=round_idx,
+                           seed=derive_seed(self.seed, "local", round_idx, client_id),
+                           rank=self.client_rank(state, client_id), head=state.head(),
+                           train_head=self.cfg.train_head)
 
     def client_weights(self, pairs: list[Pair]) -> dict[int, float]:
         """Aggregation weights over the round's clients: ``n_i / sum n`` (data) or ``1 / v`` (uniform)."""

@@ -9,9 +9,10 @@ separately: ``A = sum_i p_i A_i``, ``B = sum_i p_i B_i`` with ``p_i = n_i / sum 
 
 from __future__ import annotations
 
+from core.wire import ClientStart
 from orchestrator.methods.base import FactoredMethod, FederatedMethod, Pair, main_slots, slot_average
 from orchestrator.methods.registry import register
-from orchestrator.types import ClientStart, GlobalState
+from orchestrator.state import GlobalState
 
 
 @register
@@ -32,7 +33,8 @@ class FedIT(FactoredMethod):
     def client_start(self, state: GlobalState, client_id: int, round_idx: int) -> ClientStart:
         slots = list(range(self.global_rank))
         adapters = {m: self.slot_adapter(state, m, slots) for m in self.modules}
-        return ClientStart(fold={}, adapters={"main": adapters}, **self.start_common(state, client_id, round_idx))
+        common = self.start_common(state, client_id, round_idx)
+        return ClientStart(fold={}, adapters={"main": adapters}, **common.fields())
 
     def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]):
         weights = self.client_weights(pairs)

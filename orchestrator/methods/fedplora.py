@@ -22,11 +22,13 @@ from __future__ import annotations
 
 import torch
 
+from core.rng import generator
+from core.wire import ClientStart, ClientUpdate, LowRankDelta
 from orchestrator.methods.base import FactoredMethod, Pair
 from orchestrator.methods.fedit import average_slots
 from orchestrator.methods.registry import register
-from orchestrator.rng import generator
-from orchestrator.types import ClientStart, GlobalState, LowRankDelta
+from orchestrator.metrics import fedplora_rankwise_noise
+from orchestrator.state import GlobalState
 
 
 @register
@@ -54,7 +56,7 @@ class FedPLoRA(FactoredMethod):
         common = self.start_common(state, client_id, round_idx)
         adapters, fold, folded = {}, {}, {}
         for m in self.modules:
-            slots = self.select(state, client_id, round_idx, m, common["rank"])
+            slots = self.select(state, client_id, round_idx, m, common.rank)
             adapters[m] = self.slot_adapter(state, m, slots)
             rest = [j for j in range(self.global_rank) if j not in set(slots)]
             if rest and self.cfg.unselected == "fold":
@@ -62,8 +64,14 @@ class FedPLoRA(FactoredMethod):
                 idx = torch.tensor(rest, dtype=torch.long)
                 fold[m] = LowRankDelta(B.index_select(1, idx), A.index_select(0, idx), self.scale)
                 folded[m] = tuple(rest)
-        return ClientStart(fold=fold, adapters={"main": adapters}, folded_slots=folded, **common)
+        return ClientStart(fold=fold, adapters={"main": adapters}, folded_slots=folded, **common.fields())
 
     def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]):
         weights = self.client_weights(pairs)
         return average_slots(self, state, pairs, weights), weights
+
+    def extra_noise(self, starts: list[ClientStart], updates: list[ClientUpdate]) -> dict[str, float]:
+        """The paper's rank-wise aggregation noise (``agg_noise_rankwise``), when every rank maps to a slot."""
+        if all(None not in a.slots for s in starts for a in s.adapters["main"].values()):
+            return {"agg_noise_rankwise": fedplora_rankwise_noise(starts, updates)}
+        return {}

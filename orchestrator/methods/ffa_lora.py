@@ -9,10 +9,11 @@ their value. Used in the Fed-PLoRA paper's homogeneous comparison (Fig. 3).
 
 from __future__ import annotations
 
+from core.wire import ClientStart
 from orchestrator.methods.base import FactoredMethod, Pair
 from orchestrator.methods.fedit import average_slots
 from orchestrator.methods.registry import register
-from orchestrator.types import ClientStart, GlobalState
+from orchestrator.state import GlobalState
 
 
 @register
@@ -24,9 +25,9 @@ class FFALoRA(FactoredMethod):
 
     def client_start(self, state: GlobalState, client_id: int, round_idx: int) -> ClientStart:
         common = self.start_common(state, client_id, round_idx)
-        slots = list(range(common["rank"]))
+        slots = list(range(common.rank))
         adapters = {m: self.slot_adapter(state, m, slots, train_A=False) for m in self.modules}
-        return ClientStart(fold={}, adapters={"main": adapters}, **common)
+        return ClientStart(fold={}, adapters={"main": adapters}, **common.fields())
 
     def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]):
         weights = self.client_weights(pairs)

@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import torch
 
+from core.wire import AdapterInit, ClientStart
 from orchestrator.linalg import factored_svd
 from orchestrator.methods.base import FactoredMethod, Pair
 from orchestrator.methods.registry import register
-from orchestrator.types import AdapterInit, ClientStart, GlobalState
+from orchestrator.state import GlobalState
 
 
 @register
@@ -30,7 +31,7 @@ class FlexLoRA(FactoredMethod):
 
     def client_start(self, state: GlobalState, client_id: int, round_idx: int) -> ClientStart:
         common = self.start_common(state, client_id, round_idx)
-        r = common["rank"]
+        r = common.rank
         adapters = {}
         for m in self.modules:
             B, A = self.factors(state, m)
@@ -43,7 +44,7 @@ class FlexLoRA(FactoredMethod):
                                    torch.cat([init.A, A_new], 0), self.scale,
                                    slots=init.slots + (None,) * extra)
             adapters[m] = init
-        return ClientStart(fold={}, adapters={"main": adapters}, **common)
+        return ClientStart(fold={}, adapters={"main": adapters}, **common.fields())
 
     def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]):
         weights = self.client_weights(pairs)

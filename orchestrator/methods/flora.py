@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import torch
 
+from core.wire import AdapterInit, ClientStart, DenseDelta
 from orchestrator.methods.base import FederatedMethod, Pair
 from orchestrator.methods.registry import register
-from orchestrator.types import AdapterInit, ClientStart, DenseDelta, GlobalState
+from orchestrator.state import GlobalState
 
 
 @register
@@ -31,13 +32,13 @@ class FLoRA(FederatedMethod):
 
     def client_start(self, state: GlobalState, client_id: int, round_idx: int) -> ClientStart:
         common = self.start_common(state, client_id, round_idx)
-        r = common["rank"]
+        r = common.rank
         adapters, fold = {}, {}
         for m, spec in self.modules.items():
             A = self.fresh_A(r, m, "fresh", round_idx, client_id)
             adapters[m] = AdapterInit(torch.zeros(spec.d_out, r), A, self.scale, slots=(None,) * r)
             fold[m] = DenseDelta(state.tensors[f"{m}/dW"])
-        return ClientStart(fold=fold, adapters={"main": adapters}, **common)
+        return ClientStart(fold=fold, adapters={"main": adapters}, **common.fields())
 
     def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]):
         weights = self.client_weights(pairs)

@@ -20,10 +20,11 @@ import math
 
 import torch
 
+from core.wire import ClientStart, TailPenalty
 from orchestrator.linalg import frobenius_of_product
 from orchestrator.methods.base import FactoredMethod, Pair, padded_sum
 from orchestrator.methods.registry import register
-from orchestrator.types import ClientStart, GlobalState, TailPenalty
+from orchestrator.state import GlobalState
 
 
 @register
@@ -45,12 +46,12 @@ class HETLoRA(FactoredMethod):
 
     def client_start(self, state: GlobalState, client_id: int, round_idx: int) -> ClientStart:
         common = self.start_common(state, client_id, round_idx)
-        r = common["rank"]
+        r = common.rank
         adapters = {m: self.slot_adapter(state, m, list(range(r))) for m in self.modules}
         penalty = None
         if self.cfg.hetlora_prune and self.cfg.hetlora_lambda > 0:
             penalty = TailPenalty(self.cfg.hetlora_lambda, {m: self.tail_start(r) for m in self.modules})
-        return ClientStart(fold={}, adapters={"main": adapters}, penalty=penalty, **common)
+        return ClientStart(fold={}, adapters={"main": adapters}, penalty=penalty, **common.fields())
 
     def tail_norm(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]], start: int) -> float:
         """``sum_m ||B_m[:, start:]||_F ||A_m[start:, :]||_F``."""

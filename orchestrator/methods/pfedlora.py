@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import torch
 
+from core.wire import AdapterInit, ClientStart, LocalStage, LowRankDelta
 from orchestrator.methods.base import FactoredMethod, Pair, slot_average
 from orchestrator.methods.registry import register
-from orchestrator.types import AdapterInit, ClientStart, GlobalState, LocalStage, LowRankDelta
+from orchestrator.state import GlobalState
 
 
 def private_key(client_id: int, module: str, factor: str) -> str:
@@ -59,7 +60,7 @@ class PFedLoRA(FactoredMethod):
         f = self.cfg.pfedlora_private_fraction
         stages = (LocalStage(("private",), f), LocalStage(("shared",), 1.0 - f))
         return ClientStart(fold={}, adapters={"private": private, "shared": shared}, upload=("shared",),
-                           stages=stages, **common)
+                           stages=stages, **common.fields())
 
     def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]):
         weights = self.client_weights(pairs)

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 from typing import TYPE_CHECKING
+
+from core.validation import check_choice
 
 if TYPE_CHECKING:
     from orchestrator.methods.base import FederatedMethod
@@ -25,11 +28,9 @@ def _load_all() -> None:
     global _LOADED
     if _LOADED:
         return
-    import orchestrator.methods as pkg
-
-    for info in pkgutil.iter_modules(pkg.__path__):
+    for info in pkgutil.iter_modules([str(Path(__file__).parent)]):
         if info.name not in ("base", "registry"):
-            importlib.import_module(f"{pkg.__name__}.{info.name}")
+            importlib.import_module(f"{__package__}.{info.name}")
     _LOADED = True
 
 
@@ -39,9 +40,12 @@ def available_methods() -> list[str]:
     return sorted(_METHODS)
 
 
+def check_method_name(name: object) -> None:
+    """The one check of ``method.name``: a ValueError naming the field and the registered methods."""
+    check_choice("method.name", name, tuple(available_methods()))
+
+
 def method_class(name: str) -> type[FederatedMethod]:
     """The class registered as ``name``; a clear error listing the known names otherwise."""
-    _load_all()
-    if name not in _METHODS:
-        raise ValueError(f"method.name={name!r} is not a known method; choose one of {available_methods()}")
+    check_method_name(name)
     return _METHODS[name]

@@ -1,4 +1,4 @@
-"""The typed boundary between the driver (methods) and the client workers.
+"""The wire protocol between the driver (methods) and the client workers: deltas, ClientStart, ClientUpdate.
 
 Every federated LoRA method is expressed as *"fold this delta into the frozen weights, then train these
 adapters from these initial values"* (DESIGN.md section 2). Workers know nothing about methods; methods
@@ -11,7 +11,6 @@ an adapter of rank ``r`` has ``B: (d, r)`` and ``A: (r, k)`` and contributes ``s
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,15 +18,6 @@ import torch
 from torch import Tensor
 
 ModuleName = str
-HEAD_PREFIX = "head/"
-
-
-class InvalidClientUpdate(ValueError):
-    """A ClientUpdate that must not be aggregated (wrong shape, NaN/inf, unknown module...)."""
-
-    def __init__(self, client_id: int, message: str):
-        super().__init__(f"client {client_id}: {message}")
-        self.client_id = client_id
 
 
 @dataclass(frozen=True)
@@ -236,80 +226,6 @@ class ClientUpdate:
         return total
 
 
-@dataclass
-class GlobalState:
-    """A method's server state: flat named tensors (checkpointed as safetensors) + JSON-able metadata.
-
-    Methods never mutate a state in place: ``aggregate`` returns a new one, so a rejected update can
-    never poison the state that was already computed.
-    """
-
-    tensors: dict[str, Tensor]
-    meta: dict[str, Any] = field(default_factory=dict)
-
-    def copy(self) -> GlobalState:
-        return GlobalState(dict(self.tensors), _deepcopy_json(self.meta))
-
-    def head(self) -> dict[str, Tensor] | None:
-        head = {k[len(HEAD_PREFIX):]: v for k, v in self.tensors.items() if k.startswith(HEAD_PREFIX)}
-        return head or None
-
-
-@dataclass(frozen=True)
-class Aggregation:
-    """Result of one server aggregation step."""
-
-    state: GlobalState
-    weights: dict[int, float]  # client id -> weight used for the "ideal" mean in the noise metric
-    info: dict[str, Any] = field(default_factory=dict)
-
-
 def tensor_bytes(t: Tensor) -> int:
     """Bytes of a tensor's data as shipped (numel x element size)."""
     return t.numel() * t.element_size()
-
-
-def _deepcopy_json(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _deepcopy_json(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_deepcopy_json(v) for v in obj]
-    return obj
-
-
-def _all_finite(t: Tensor) -> bool:
-    """NaN/inf check: one reduction (a NaN or inf makes the sum non-finite); the full check only if needed."""
-    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t).all())
-
-
-def validate_update(start: ClientStart, update: ClientUpdate) -> None:
-    """Reject an update that does not match its ClientStart or carries NaN/inf (before aggregation)."""
-    cid = start.client_id
-    if update.client_id != cid:
-        raise InvalidClientUpdate(cid, f"update is for client {update.client_id}")
-    if update.n_examples < 0:
-        raise InvalidClientUpdate(cid, f"n_examples={update.n_examples} must be >= 0")
-    if not math.isfinite(update.train_loss):
-        raise InvalidClientUpdate(cid, f"train_loss is {update.train_loss}")
-    for name, per_module in start.adapters.items():
-        got = update.adapters.get(name)
-        if got is None:
-            raise InvalidClientUpdate(cid, f"adapter {name!r} missing from the update")
-        if set(got) != set(per_module):
-            raise InvalidClientUpdate(cid, f"adapter {name!r}: modules {sorted(got)} != expected "
-                                           f"{sorted(per_module)}")
-        for module, init in per_module.items():
-            B, A = got[module]
-            for label, t, ref in (("B", B, init.B), ("A", A, init.A)):
-                if tuple(t.shape) != tuple(ref.shape):
-                    raise InvalidClientUpdate(cid, f"{name}.{module}.{label} has shape {tuple(t.shape)}, "
-                                                   f"expected {tuple(ref.shape)}")
-                if not _all_finite(t):
-                    raise InvalidClientUpdate(cid, f"{name}.{module}.{label} contains NaN or inf")
-    if update.head is not None:
-        for key, t in update.head.items():
-            if start.head is not None and key in start.head and start.head[key].shape != t.shape:
-                raise InvalidClientUpdate(cid, f"head.{key} has shape {tuple(t.shape)}, expected "
-                                               f"{tuple(start.head[key].shape)}")
-            if not _all_finite(t):
-                raise InvalidClientUpdate(cid, f"head.{key} contains NaN or inf")
