@@ -39,7 +39,10 @@ t_aggregate + t_metrics`` (median over rounds after the first); driver RSS (psut
 init and after the last round; ``Driver.__init__`` time.
 
 Run: ``python benchmarks/bench_driver.py`` (writes benchmarks/results/driver.{json,md});
-``python benchmarks/bench_driver.py --quick`` (2 rounds of 2 steps, small scale sizes; prints only).
+``python benchmarks/bench_driver.py --quick`` (a smoke test: 2 rounds of 1 step, no nice-15 variant, part (c) with
+10 clients for 2 rounds; writes to a temp folder);
+``--render benchmarks/results/driver.json`` rewrites the Markdown only. The plain loop is in ``plain_loop.py``,
+the rendering in ``render_driver.py``.
 """
 
 from __future__ import annotations
@@ -68,8 +71,11 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 from machine import load_average  # noqa: E402
 from machine import machine_info as _machine_info  # noqa: E402
+from plain_loop import PlainFederatedLoop, TimedRounds  # noqa: E402
+from render_driver import markdown, render  # noqa: E402
+from result_files import read_result, result_path, write_result  # noqa: E402
 
-from core.rng import generator  # noqa: E402
+from core.synthetic import synthetic_update  # noqa: E402
 from core.wire import ClientStart, ClientUpdate, ModuleSpec  # noqa: E402
 from orchestrator.config import RunConfig, load_config  # noqa: E402
 from orchestrator.methods import build_method  # noqa: E402
@@ -82,7 +88,7 @@ MiB = 2**20
 
 
 # ---- the orchestrator, driven exactly as orchestrator.run.run drives it -------------------------------------
-class OrchestratorRun:
+class OrchestratorRun(TimedRounds):
     """``Experiment`` + ``step`` + ``finish`` + ``close`` with caller-side timers."""
 
     label: str
@@ -92,6 +98,7 @@ class OrchestratorRun:
 
         from orchestrator.run import Experiment
 
+        super().__init__()
         self.label, self.cfg = label, cfg
         t0 = time.perf_counter()
         self.exp = Experiment(cfg, out, cluster_resources={"CPU": 2.0})
@@ -106,16 +113,9 @@ class OrchestratorRun:
                 except (psutil.AccessDenied, PermissionError):
                     pass
         self.nice = [psutil.Process(pid).nice() for pid in self.pids]
-        self.step_s: list[float] = []
-        self.records: list[dict] = []
 
-    def step(self) -> float:
-        t0 = time.perf_counter()
-        record = self.exp.step()
-        dt = time.perf_counter() - t0
-        self.step_s.append(dt)
-        self.records.append(record)
-        return dt
+    def run_round(self) -> dict:
+        return self.exp.step()
 
     def finish(self) -> dict:
         t0 = time.perf_counter()
@@ -125,162 +125,6 @@ class OrchestratorRun:
         self.exp.close()
         self.t_close = time.perf_counter() - t0
         return self.summary
-
-
-# ---- the plain single-process loop --------------------------------------------------------------------------
-class PlainFederatedLoop:
-    """OpenFedLLM-style federated Fed-PLoRA in one process with one PEFT model (see the module docstring)."""
-
-    def __init__(self, label: str, cfg: RunConfig, threads: int):
-        from peft import LoraConfig, get_peft_model
-
-        from workers.models import head_state, load_model
-        from workers.partition import load_federated
-
-        self.label, self.cfg, self.threads = label, cfg, threads
-        t0 = time.perf_counter()
-        with _threads(threads):
-            self.data = load_federated(cfg.data, cfg.seed)
-            loaded = load_model(cfg.model, self.data.task, self.data.num_labels, cfg.seed)  # same seeded model
-            self.tokenizer = loaded.tokenizer
-            modules = dict(loaded.model.named_modules())
-            specs = [ModuleSpec(m, modules[m].out_features, modules[m].in_features) for m in loaded.targets]
-            self.ranks = assign_ranks(cfg.ranks, self.data.num_clients, cfg.seed)
-            self.method = build_method(cfg.method, specs, self.ranks, cfg.ranks.max_rank, cfg.seed)
-            self.state = self.method.init_global(head_state(loaded))
-            short = sorted({m.rsplit(".", 1)[-1] for m in loaded.targets})
-            scale = self.method.scale
-            names = [f"r{r}" for r in sorted(set(self.ranks))]
-            self.model = None
-            for r in sorted(set(self.ranks)):
-                lcfg = LoraConfig(task_type="SEQ_CLS", r=r, lora_alpha=scale * r, lora_dropout=cfg.train.lora_dropout,
-                                  target_modules=short)
-                if self.model is None:
-                    self.model = get_peft_model(loaded.model, lcfg, adapter_name=f"r{r}")
-                else:
-                    self.model.add_adapter(f"r{r}", lcfg)
-            self.layers = {m: self.model.get_submodule(f"base_model.model.{m}") for m in loaded.targets}
-            for layer in self.layers.values():
-                for n in names:
-                    layer.scaling[n] = float(scale)
-            self.w0 = {m: layer.base_layer.weight.detach().clone() for m, layer in self.layers.items()}
-            self.head_names = loaded.head_names  # e.g. classifier.weight, classifier.bias
-            params = dict(self.model.named_parameters())
-            self.head_of = {n: {h: params[self._wrapped(h, f"modules_to_save.{n}")] for h in self.head_names}
-                            for n in names}
-            self.head_original = {h: params[self._wrapped(h, "original_module")] for h in self.head_names}
-        self.t_startup = time.perf_counter() - t0
-        self.round = 0
-        self.step_s: list[float] = []
-        self.records: list[dict] = []
-
-    @staticmethod
-    def _wrapped(head_param: str, inner: str) -> str:
-        module, leaf = head_param.rsplit(".", 1)
-        return f"base_model.model.{module}.{inner}.{leaf}"
-
-    @torch.no_grad()
-    def _fold(self, deltas: dict) -> None:
-        for m, layer in self.layers.items():
-            d = deltas.get(m)
-            w = layer.base_layer.weight
-            w.copy_(self.w0[m] if d is None else self.w0[m] + d.dense(torch.float32))
-
-    def client_job(self, start: ClientStart, examples: list) -> ClientUpdate:
-        t0 = time.perf_counter()
-        name = f"r{start.rank}"
-        self.model.set_adapter(name)
-        self._fold(start.fold)
-        with torch.no_grad():
-            for m, layer in self.layers.items():
-                init = start.adapters["main"][m]
-                layer.lora_A[name].weight.copy_(init.A)
-                layer.lora_B[name].weight.copy_(init.B)
-            for h, p in self.head_of[name].items():
-                p.copy_(start.head[h])
-        from workers.local_training import batch_indices
-
-        tcfg = self.cfg.train
-        order = torch.Generator(device="cpu").manual_seed(int(start.seed))
-        torch.manual_seed(int(start.seed))
-        params = [p for p in self.model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay)
-        batches = batch_indices(len(examples), tcfg.batch_size, order)
-        self.model.train()
-        losses = []
-        for _ in range(tcfg.total_steps(len(examples))):
-            rows = [examples[i] for i in next(batches)]
-            enc = self.tokenizer([ex.text for ex in rows], padding=True, truncation=True,
-                                 max_length=self.cfg.data.max_length, return_tensors="pt")
-            loss = self.model(**enc, labels=torch.tensor([ex.label for ex in rows])).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        self.model.eval()
-        factors = {m: (layer.lora_B[name].weight.detach().clone(), layer.lora_A[name].weight.detach().clone())
-                   for m, layer in self.layers.items()}
-        head = {h: p.detach().clone() for h, p in self.head_of[name].items()}
-        return ClientUpdate(start.client_id, start.round, {"main": factors}, len(examples),
-                            sum(losses) / len(losses), head, time.perf_counter() - t0, len(losses),
-                            tuple(start.upload))
-
-    @torch.no_grad()
-    def evaluate(self) -> dict:
-        import torch.nn.functional as F
-
-        self._fold(self.method.global_delta(self.state))
-        for h, p in self.head_original.items():
-            p.copy_(self.state.head()[h])
-        examples = self.data.global_test
-        correct, loss_sum, size = 0, 0.0, self.cfg.train.eval_batch_size
-        with self.model.disable_adapter():
-            for i in range(0, len(examples), size):
-                rows = examples[i:i + size]
-                enc = self.tokenizer([ex.text for ex in rows], padding=True, truncation=True,
-                                     max_length=self.cfg.data.max_length, return_tensors="pt")
-                y = torch.tensor([ex.label for ex in rows])
-                logits = self.model(**enc).logits.float()
-                loss_sum += float(F.cross_entropy(logits, y, reduction="sum"))
-                correct += int((logits.argmax(-1) == y).sum())
-        return {"accuracy": correct / len(examples), "eval_loss": loss_sum / len(examples)}
-
-    def step(self) -> float:
-        t0 = time.perf_counter()
-        with _threads(self.threads):
-            t, cfg = self.round, self.cfg
-            perm = torch.randperm(self.data.num_clients, generator=generator(cfg.seed, "sample", t))
-            clients = sorted(perm[: cfg.clients_per_round].tolist())
-            starts = [self.method.client_start(self.state, c, t) for c in clients]
-            updates = [self.client_job(s, self.data.clients[s.client_id].train) for s in starts]
-            self.state = self.method.aggregate(self.state, starts, updates).state
-            self.round = t + 1
-            record = {"round": t + 1, "train_loss": sum(u.train_loss * u.n_examples for u in updates) /
-                      sum(u.n_examples for u in updates), "t_client_compute_sum": sum(u.compute_seconds for u in updates)}
-            if self.round % cfg.eval_every == 0 or self.round == cfg.rounds:
-                record.update(self.evaluate())
-        dt = time.perf_counter() - t0
-        self.step_s.append(dt)
-        self.records.append(record)
-        return dt
-
-    def finish(self) -> dict:
-        self.t_finish = self.t_close = 0.0
-        return {}
-
-
-class _threads:
-    """Temporarily set torch's intra-op threads (process-wide)."""
-
-    def __init__(self, n: int):
-        self.n = n
-
-    def __enter__(self):
-        self.before = torch.get_num_threads()
-        torch.set_num_threads(self.n)
-
-    def __exit__(self, *exc):
-        torch.set_num_threads(self.before)
 
 
 # ---- parts (a) and (b) ---------------------------------------------------------------------------------------
@@ -506,17 +350,9 @@ METRIC_SHAPES = {"tiny-llama": (2, (("q_proj", 64, 64), ("v_proj", 32, 64))),
                  "minilm": (6, (("query", 384, 384), ("value", 384, 384)))}
 
 
-def synthetic_update(start: ClientStart, step: float = 0.01) -> ClientUpdate:
-    """Stand-in for local training (as in bench_server.py): every trainable factor moves by seeded noise."""
-    g = torch.Generator().manual_seed(start.seed)
-    adapters = {}
-    for name, per_module in start.adapters.items():
-        adapters[name] = {}
-        for m, init in per_module.items():
-            B = init.B + step * torch.randn(init.B.shape, generator=g) if init.train_B else init.B.clone()
-            A = init.A + step * torch.randn(init.A.shape, generator=g) if init.train_A else init.A.clone()
-            adapters[name][m] = (B, A)
-    return ClientUpdate(start.client_id, start.round, adapters, 100 + start.client_id, 1.0, upload=start.upload)
+def trained(start: ClientStart) -> ClientUpdate:
+    """Synthetic local training (``core.synthetic``): steps of 0.01, ``100 + client_id`` examples."""
+    return synthetic_update(start, 0.01, 100 + start.client_id)
 
 
 def cosine_similarity_pairwise(starts: list[ClientStart], updates: list[ClientUpdate], module: str, rank: int,
@@ -564,9 +400,9 @@ def metrics_breakdown(participants: list[int], repeats: int = 1) -> list[dict]:
             m = build_method(MethodConfig(name="fedplora"), specs, ranks, 8, 0)
             st0 = m.init_global()
             s0 = [m.client_start(st0, c, 0) for c in range(P)]
-            state = m.aggregate(st0, s0, [synthetic_update(x) for x in s0]).state
+            state = m.aggregate(st0, s0, [trained(x) for x in s0]).state
             starts = [m.client_start(state, c, 1) for c in range(P)]
-            updates = [synthetic_update(x) for x in starts]
+            updates = [trained(x) for x in starts]
             agg = m.aggregate(state, starts, updates)
             module = specs[0].name
             calls = {
@@ -601,264 +437,6 @@ def metrics_breakdown(participants: list[int], repeats: int = 1) -> list[dict]:
 # ---- reporting ------------------------------------------------------------------------------------------------
 def machine_info() -> dict:
     return _machine_info(versions=package_versions())
-
-
-def scale_verdict(results: list[dict]) -> str:
-    """PASS/FAIL of part (c) from its rows: same participants, 10x the total clients; and 10x the participants."""
-    by = {(r["clients"], r["participation"]): r for r in results}
-    parts = []
-    if (100, 0.1) in by and (1000, 0.01) in by:
-        a, b = by[(100, 0.1)], by[(1000, 0.01)]
-        ratio = b["driver_s_median"] / a["driver_s_median"]
-        parts.append(f"**Same {a['participants']} participants, 1,000 vs 100 total clients: driver time ratio "
-                     f"{ratio:.2f}, RSS after the last round {b['rss_after_last_mib']:.0f} vs "
-                     f"{a['rss_after_last_mib']:.0f} MiB: {'PASS' if ratio <= 1.25 else 'FAIL'} (no dependence on the "
-                     "total number of clients).**")
-    if (100, 0.1) in by and (1000, 0.1) in by:
-        a, b = by[(100, 0.1)], by[(1000, 0.1)]
-        growth = b["driver_s_median"] / a["driver_s_median"]
-        linear = b["participants"] / a["participants"]
-        lin_a = a["client_start_s_median"] + a["aggregate_s_median"]
-        lin_b = b["client_start_s_median"] + b["aggregate_s_median"]
-        parts.append(f"**{linear:.0f}x the participants ({a['participants']} -> {b['participants']}): driver time "
-                     f"{growth:.0f}x ({'PASS' if growth <= 1.5 * linear else 'FAIL'}: superlinear), of which "
-                     f"client_start + aggregate {lin_b / lin_a:.1f}x (linear) and the metrics "
-                     f"{b['metrics_s_median'] / a['metrics_s_median']:.0f}x (the similarity metric is quadratic, "
-                     "next table).**")
-    return " ".join(parts)
-
-
-def render(result: dict) -> str:
-    lines = []
-    ab = result.get("overhead")
-    if ab:
-        V = ab["variants"]
-        two = V["ray, 2 workers"]
-        ray_labels = [k for k in V if k.startswith("ray")]
-        lines.append(f"## (a) Overhead of a run over its ideal time ({ab['rounds']} rounds; `{' '.join(ab['overrides'])}`)")
-        lines.append("")
-        lines.append("Ideal = sum(client compute) / workers + aggregation + evaluation (per round, summed; the same "
-                     "ideal as `summary.json`'s); greedy ideal = the pool's dispatch of the "
-                     "measured job times with zero overhead (jobs in order to the first free worker) + aggregation + "
-                     "evaluation. Rounds wall = `Experiment.step` as the caller sees it.")
-        lines.append("")
-        lines.append("| run | nice (driver, workers) | ideal s | greedy ideal s | sum t_round s | rounds wall s | startup s | "
-                     "finish+close s | summary.json overhead_ratio | t_round / ideal | rounds wall / ideal | rounds wall "
-                     "/ greedy ideal | incl. startup / ideal |")
-        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for label in ray_labels:
-            r = V[label]
-            lines.append(f"| {label} | {', '.join(map(str, r['nice_driver_and_workers']))} | {r['ideal_s']:.1f} | "
-                         f"{r['ideal_greedy_s']:.1f} | {r['summary_round_seconds_total']:.1f} | "
-                         f"{r['rounds_wall_s']:.1f} | {r['t_startup'] + ab['t_ray_init']:.1f} | "
-                         f"{r['t_finish'] + r['t_close']:.1f} | {r['summary_overhead_ratio']:.3f} | "
-                         f"{r['ratio_t_round_over_ideal']:.3f} | {r['ratio_rounds_wall_over_ideal']:.3f} | "
-                         f"{r['ratio_rounds_wall_over_ideal_greedy']:.3f} | {r['ratio_with_startup']:.3f} |")
-        lines.append("")
-        lines.append(f"Startup = `ray.init` ({ab['t_ray_init']:.1f} s, once) + `Experiment(...)` (driver actor, worker "
-                     f"actors, data and model loading). **Target (2 workers, as shipped) rounds wall / ideal <= 1.05: "
-                     f"{two['ratio_rounds_wall_over_ideal']:.3f}: "
-                     f"{'PASS' if two['ratio_rounds_wall_over_ideal'] <= 1.05 else 'FAIL'}; including startup "
-                     f"{two['ratio_with_startup']:.3f}: {'PASS' if two['ratio_with_startup'] <= 1.05 else 'FAIL'}.**")
-        lines.append("")
-        for label in ray_labels:
-            if label == "ray, 1 worker":
-                continue
-            lines.append(f"Per round, {label} (seconds):")
-            lines.append("")
-            lines.append("| round | compute sum | compute max | ideal | greedy makespan | train wall | client_starts | "
-                         "aggregate | metrics | eval | t_round | step wall (caller) | step wall / ideal |")
-            lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-            for p in V[label]["per_round"]:
-                lines.append(f"| {p['round']} | {p['compute_sum']:.2f} | {p['compute_max']:.2f} | {p['ideal_s']:.2f} | "
-                             f"{p['greedy_makespan_s']:.2f} | {p['t_train_wall']:.2f} | {p['t_client_starts']:.3f} | "
-                             f"{p['t_aggregate']:.3f} | {p['t_metrics']:.3f} | {p['t_eval']:.2f} | {p['t_round']:.2f} | "
-                             f"{p['step_wall_s']:.2f} | {p['ratio_step_wall']:.3f} |")
-            lines.append("")
-        lines.append("## (b) Ray workers vs a plain single-process loop (same clients, steps, batches, evaluations)")
-        lines.append("")
-        lines.append("| run | startup s | rounds wall s | per-round s | total s | client compute sum s | final accuracy "
-                     "| train loss, last round |")
-        lines.append("|---|---:|---:|---|---:|---:|---:|---:|")
-        for label, r in V.items():
-            st = r["t_startup"] + (ab["t_ray_init"] if label.startswith("ray") else 0.0)
-            acc = "-" if r["final_accuracy"] is None else f"{r['final_accuracy']:.4f}"
-            lines.append(f"| {label} | {st:.1f} | {r['rounds_wall_s']:.1f} | "
-                         f"{', '.join(f'{s:.1f}' for s in r['step_s'])} | {r['total_wall_s']:.1f} | "
-                         f"{r['client_compute_sum_s']:.1f} | {acc} | {r['train_loss'][-1]:.5f} |")
-        lines.append("")
-        b = ab.get("comparison")
-        if b:
-            lines.append(f"**1 worker / plain loop (1 thread), rounds wall: {b['one_worker_over_plain']:.3f} (median of "
-                         f"same-round ratios {b['one_worker_over_plain_same_round']:.3f}), need <= 1.10: "
-                         f"{'PASS' if b['pass_one_worker'] else 'FAIL'}; including startup "
-                         f"{b['one_worker_over_plain_total']:.3f}.**")
-            lines.append("")
-            lines.append(f"**Speedup of 2 workers (as shipped) over the plain loop (1 thread), rounds wall: "
-                         f"{b['speedup_two_workers']:.2f}x (median of same-round ratios "
-                         f"{b['speedup_two_workers_same_round']:.2f}x), need >= 1.6x: "
-                         f"{'PASS' if b['pass_two_workers'] else 'FAIL'}; including startup "
-                         f"{b['speedup_two_workers_total']:.2f}x.**")
-            if "speedup_two_workers_nice15" in b:
-                lines.append(f"With the actors reniced to Ray's default 15: {b['speedup_two_workers_nice15']:.2f}x "
-                             f"(same-round median {b['speedup_two_workers_nice15_same_round']:.2f}x; including startup "
-                             f"{b['speedup_two_workers_nice15_total']:.2f}x).")
-            if "speedup_two_workers_vs_plain2" in b:
-                lines.append(f"Against the plain loop with 2 torch threads (all cores): "
-                             f"{b['speedup_two_workers_vs_plain2']:.2f}x (same-round median "
-                             f"{b['speedup_two_workers_vs_plain2_same_round']:.2f}x).")
-            lines.append("")
-        lines.append(f"Load average (1 min) after each round: {', '.join(f'{x:.2f}' for x in ab['load_after_each_round'])}.")
-        lines.append("")
-        if ab.get("earlier_runs"):
-            lines.append("Earlier full runs of parts (a) and (b) on the same day (other tenants' load differed; kept for "
-                         "the spread):")
-            lines.append("")
-            lines.append("| date (UTC) | load after each round | 2 workers: rounds wall / ideal | summary.json ratio | "
-                         "incl. startup | 1 worker / plain | 2-worker speedup (same-round median) | nice 0 speedup | "
-                         "2-worker compute / 1-worker compute |")
-            lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|")
-            for e in ab["earlier_runs"]:
-                lines.append(f"| {e['date_utc']} | {', '.join(f'{x:.2f}' for x in e['load_after_each_round'])} | "
-                             f"{e['ratio_rounds_wall_over_ideal_2w']:.3f} | {e['summary_overhead_ratio_2w']:.3f} | "
-                             f"{e['ratio_with_startup_2w']:.3f} | {e['one_worker_over_plain']:.3f} | "
-                             f"{e['speedup_two_workers']:.2f}x ({e['speedup_two_workers_same_round']:.2f}x) | "
-                             f"{e['speedup_two_workers_nice0']:.2f}x | {e['compute_inflation_2w_vs_1w']:.2f} |")
-            lines.append("")
-    sc = result.get("scale")
-    if sc:
-        lines.append("## (c) Driver scale (tiny-llama, 1 local step of batch 4; fedplora, every client at rank 4 = R, "
-                     "metrics on, 2 workers)")
-        lines.append("")
-        lines.append("| total clients | participation | participants | rank sum | driver ms/round | client_start ms | aggregate ms | "
-                     "metrics ms | driver round excl. training and eval ms | driver ms / participant | Driver init s | "
-                     "RSS before / after init / after last round MiB | peak RSS MiB |")
-        lines.append("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|---:|")
-        for r in sc["results"]:
-            lines.append(f"| {r['clients']} | {r['participation']:g} | {r['participants']} | "
-                         f"{r.get('rank_sum_median', float('nan')):.0f} | "
-                         f"{1e3 * r['driver_s_median']:.1f} | {1e3 * r['client_start_s_median']:.1f} | "
-                         f"{1e3 * r['aggregate_s_median']:.1f} | {1e3 * r['metrics_s_median']:.1f} | "
-                         f"{1e3 * r['driver_rest_s_median']:.1f} | {1e3 * r['driver_s_median'] / r['participants']:.2f} | "
-                         f"{r['t_init_s']:.1f} | {r['rss_before_mib']:.0f} / {r['rss_after_init_mib']:.0f} / "
-                         f"{r['rss_after_last_mib']:.0f} | {r['rss_peak_mib']:.0f} |")
-        lines.append("")
-        lines.append(f"Medians over rounds 2..{sc['rounds']}. driver = client_start + aggregate + metrics; the "
-                     "next column is t_round - train wall - eval (those three plus sampling, bytes, records). "
-                     "RSS: the driver's process (in-process `Driver`; the workers are other processes). " +
-                     scale_verdict(sc["results"]))
-        lines.append("")
-        mb = sc.get("metrics")
-        if mb:
-            names = list(mb[0]["ms"])
-            lines.append("Where the driver's round goes: each per-round measurement alone (ms; Fed-PLoRA round 1, "
-                         "synthetic updates, ranks 1/4/8, R = 8; `similarity, pairwise loop (before)` is the loop "
-                         "`module_cosine_similarity` replaced, checked against it):")
-            lines.append("")
-            lines.append("| shapes | participants | " + " | ".join(names) + " | loop vs shipped max abs diff |")
-            lines.append("|---|---:|" + "---:|" * (len(names) + 1))
-            for r in mb:
-                lines.append(f"| {r['shape']} | {r['participants']} | " +
-                             " | ".join(f"{r['ms'][n]:.1f}" for n in names) +
-                             f" | {r['pairwise_max_abs_diff']:.1e}{'' if r['pairwise_same_nan'] else ' (NaN mismatch)'} |")
-            lines.append("")
-        lines.append("Per-round bookkeeping of `Experiment.step` at round k (the record appended to records.jsonl and "
-                     "the rows to rounds/clients/similarity CSVs, then the checkpoint: state file + state.json; the "
-                     "earlier rounds are copies of a real record; seconds):")
-        lines.append("")
-        lines.append("| total clients | participants | " + " | ".join(
-            f"k={k}: record+CSVs / checkpoint" for k in BOOKKEEPING_ROUNDS) + " | records.jsonl MB at k=" +
-            f"{BOOKKEEPING_ROUNDS[-1]} |")
-        lines.append("|---:|---:|" + "---:|" * (len(BOOKKEEPING_ROUNDS) + 1))
-        for r in sc["results"]:
-            bk = r["bookkeeping"]
-            lines.append(f"| {r['clients']} | {r['participants']} | " + " | ".join(
-                f"{b['write_round_files_s']:.3f} / {b['checkpoint_s']:.3f}" for b in bk) +
-                f" | {bk[-1]['records_jsonl_bytes'] / 1e6:.1f} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def notes(result: dict) -> list[str]:
-    """Findings computed from this run's numbers."""
-    out = []
-    ab = result.get("overhead")
-    if ab:
-        V = ab["variants"]
-        two, one = V["ray, 2 workers"], V["ray, 1 worker"]
-        out.append(
-            f"`summary.json`'s `overhead_ratio` ({two['summary_overhead_ratio']:.3f} for 2 workers) is the caller's "
-            f"wall time of the rounds (the driver's round, the Ray calls, the appended files and the checkpoints) over "
-            f"the ideal; everything but training, aggregation and evaluation counts as overhead, including the noise "
-            f"and similarity metrics ({two['t_metrics_total']:.2f} s) and the client starts "
-            f"({two['t_client_starts_total']:.2f} s) over {ab['rounds']} rounds. With startup (driver and worker "
-            f"actors, model and data loading, adapter export): {two['summary_overhead_ratio_with_startup']:.3f} "
-            f"(this benchmark's own timers: {two['ratio_with_startup']:.3f}); with `ray.init` ({ab['t_ray_init']:.1f} s) "
-            f"too: {two['ratio_with_startup'] + ab['t_ray_init'] / two['ideal_s']:.3f}. These are 3-round runs: on the "
-            "full 20-round default config the same ratios are 1.027 and 1.045 (`driver_default_run.md`).")
-        out.append(
-            f"Job granularity: the pool's greedy dispatch of the measured job times with zero overhead takes "
-            f"{two['greedy_makespan_total']:.1f} s vs sum/2 = {two['train_ideal_total']:.1f} s (rounds wall / greedy "
-            f"ideal {two['ratio_rounds_wall_over_ideal_greedy']:.3f}); longest-first dispatch would take "
-            f"{two['lpt_makespan_total']:.1f} s on these job times.")
-        if "plain loop, 1 thread" in V:
-            p1 = V["plain loop, 1 thread"]
-            infl = two["client_compute_sum_s"] / one["client_compute_sum_s"]
-            out.append(
-                f"2 workers vs the plain loop: {p1['rounds_wall_s'] / two['rounds_wall_s']:.2f}x. Evaluation is split "
-                f"over both workers (`workers/eval_results.py`: {two['t_eval_total']:.1f} s of the 2-worker rounds vs "
-                f"{one['t_eval_total']:.1f} s with 1 worker); the same jobs take {infl:.2f}x the compute when both "
-                f"workers train at once ({two['client_compute_sum_s']:.1f} s vs {one['client_compute_sum_s']:.1f} s "
-                f"with 1 worker): the 2 vCPUs also serve the other tenants of this machine (load average "
-                f"{', '.join(f'{x:.2f}' for x in ab['load_after_each_round'])}).")
-            if "ray, 2 workers, nice 15" in V:
-                out.append(
-                    "`init_ray` starts Ray's worker processes at nice 0 (Ray's default is 15, which loses the CPU to "
-                    "any nice-0 process under load): the same 2-worker run with its actors reniced to 15 took "
-                    f"{V['ray, 2 workers, nice 15']['rounds_wall_s']:.1f} s vs {two['rounds_wall_s']:.1f} s.")
-    sc = result.get("scale")
-    if sc and sc.get("metrics"):
-        big = [r for r in sc["metrics"] if r["participants"] == max(x["participants"] for x in sc["metrics"])]
-        small = [r for r in sc["metrics"] if r["participants"] == min(x["participants"] for x in sc["metrics"])]
-        a, b = small[0], big[0]
-        loop = "similarity, pairwise loop (before)"
-        out.append(
-            f"`module_cosine_similarity` (every round, on by default) is one Gram matrix of the stacked unit rows "
-            f"and an `index_add_` into the (R, R) sums and counts: {a['ms']['module_cosine_similarity']:.1f} ms at "
-            f"{a['participants']} participants, {b['ms']['module_cosine_similarity']:.1f} ms at {b['participants']}, "
-            f"where the pairwise Python loop it replaced takes {a['ms'][loop]:.0f} and {b['ms'][loop]:,.0f} ms "
-            f"(same matrix: max abs diff {max(r['pairwise_max_abs_diff'] for r in sc['metrics']):.0e}).")
-        worst = max(sc["results"], key=lambda r: r["participants"])["bookkeeping"]
-        out.append(
-            "`Experiment.step` appends the round's record to `records.jsonl` and its rows to the CSVs, and the "
-            "checkpoint writes only the state and a small `state.json`, so the bookkeeping per round stays flat in "
-            "the rounds done (100 participants: " + ", ".join(
-                f"{b['write_round_files_s'] + b['checkpoint_s']:.3f} s at round {b['rounds_done']}" for b in worst)
-            + ").")
-    return out
-
-
-def write_markdown(path: Path, result: dict, table: str) -> None:
-    m = result["machine"]
-    v = m["versions"]
-    text = ["# Driver: overhead, Ray workers vs a plain loop, scale", "",
-            "Generated by `benchmarks/bench_driver.py` (its docstring has the full setup). The machine is shared with "
-            "other jobs: absolute times drift with their load; the variants run round-robin and are compared as "
-            "ratios within this run.", "", "Command:", "", f"    {result['command']}", "",
-            f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, {m['mem_total_gib']} GiB; {m['platform']}; "
-            f"{m['date_utc']}; load average (1/5/15 min) {m['loadavg_start']} at start, {m.get('loadavg_end')} at end. "
-            f"Python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, peft {v['peft']}, ray "
-            f"{v['ray']}, pandas {v['pandas']}. Wall time {result['wall_s']:.0f} s.", ""]
-    for run in result.get("runs", []):
-        rm = run["machine"]
-        text += [f"Parts not rerun by this command come from an earlier one: `{run['command']}` on {rm['date_utc']}, "
-                 f"load average {rm['loadavg_start']} at start, {rm.get('loadavg_end')} at end, wall time "
-                 f"{run['wall_s']:.0f} s.", ""]
-    text += [table, ""]
-    found = notes(result)
-    if found:
-        text += ["## Findings", ""] + [f"- {n}" for n in found] + [""]
-    path.write_text("\n".join(text))
 
 
 def _speedups(key: str, slow: dict, fast: dict) -> dict:
@@ -909,15 +487,17 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--scale-rounds", type=int, default=5)
     ap.add_argument("--skip-overhead", action="store_true")
     ap.add_argument("--skip-scale", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="smoke run: 2 rounds of 2 steps, scale 10 and 100 clients")
-    ap.add_argument("--out", default=None, help="JSON output (default benchmarks/results/driver.json; --quick: none)")
+    ap.add_argument("--quick", action="store_true",
+                    help="smoke run: 2 rounds of 1 step, no nice-15 variant, scale 10 clients for 2 rounds")
+    ap.add_argument("--out", default=None,
+                    help="JSON output, the .md next to it (default benchmarks/results/driver.json; --quick: a temp folder)")
     ap.add_argument("--render", metavar="JSON", help="only rewrite the markdown next to an existing result JSON")
     ap.add_argument("--update", action="store_true",
                     help="keep the parts of the existing --out JSON that this invocation skips (e.g. rerun part c only)")
     args = ap.parse_args(argv)
     if args.render:
-        result = json.loads(Path(args.render).read_text())
-        write_markdown(Path(args.render).with_suffix(".md"), result, render(result))
+        result = read_result(args.render)
+        Path(args.render).with_suffix(".md").write_text(markdown(result))
         return result
 
     import ray
@@ -927,9 +507,10 @@ def main(argv: list[str] | None = None) -> dict:
     rounds, overrides = args.rounds, list(args.overrides)
     sizes = [(int(a), float(b)) for a, b in (s.split(":") for s in args.scale_sizes.split(","))]
     scale_rounds = args.scale_rounds
+    renice, breakdown = not args.no_renice, [10, 30, 100]
     if args.quick:
-        rounds, overrides = 2, overrides + ["train.local_steps=2", "data.global_test_size=100"]
-        sizes, scale_rounds = [(10, 0.1), (100, 0.1)], 3
+        rounds, overrides = 2, overrides + ["train.local_steps=1", "data.global_test_size=50"]
+        sizes, scale_rounds, renice, breakdown = [(10, 0.1)], 2, False, [10]
     result: dict = {"command": " ".join(["python", "benchmarks/bench_driver.py"] + argv), "machine": machine_info()}
     print(f"machine: {result['machine']}", flush=True)
     workdir = Path(tempfile.mkdtemp(prefix="bench_driver_"))
@@ -941,36 +522,29 @@ def main(argv: list[str] | None = None) -> dict:
     try:
         if not args.skip_overhead:
             threads = [int(x) for x in args.plain_threads.split(",") if x]
-            ab = overhead_and_plain(args.config, rounds, overrides, threads, t_ray_init, workdir, not args.no_renice)
+            ab = overhead_and_plain(args.config, rounds, overrides, threads, t_ray_init, workdir, renice)
             if "plain loop, 1 thread" in ab["variants"]:
                 ab["comparison"] = compare(ab)
             result["overhead"] = ab
         if not args.skip_scale:
             res = scale(sizes, scale_rounds)
             result["scale"] = {"rounds": scale_rounds, "results": res,
-                               "metrics": metrics_breakdown([10, 100] if args.quick else [10, 30, 100])}
+                               "metrics": metrics_breakdown(breakdown)}
     finally:
         ray.shutdown()
         shutil.rmtree(workdir, ignore_errors=True)
     result["machine"]["loadavg_end"] = load_average()
     result["wall_s"] = time.perf_counter() - t_wall
-    table = render(result)
-    out = args.out or (None if args.quick else "benchmarks/results/driver.json")
     print()
-    print(table)
-    if out:
-        out_path = Path(out) if os.path.isabs(out) else ROOT / out
-        if args.update and out_path.is_file():
-            old = json.loads(out_path.read_text())
-            for part in ("overhead", "scale"):
-                if part not in result and part in old:
-                    result[part] = old[part]
-            result["runs"] = old.get("runs", []) + [{k: old[k] for k in ("command", "machine", "wall_s") if k in old}]
-            table = render(result)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(result, indent=1, default=str) + "\n")
-        write_markdown(out_path.with_suffix(".md"), result, table)
-        print(f"wrote {out_path} and {out_path.with_suffix('.md')}")
+    print(render(result))
+    out_path = result_path(args.out, "driver", args.quick)
+    if args.update and out_path.is_file():
+        old = read_result(out_path)
+        for part in ("overhead", "scale"):
+            if part not in result and part in old:
+                result[part] = old[part]
+        result["runs"] = old.get("runs", []) + [{k: old[k] for k in ("command", "machine", "wall_s") if k in old}]
+    write_result(out_path, result, markdown(result))
     print(f"wall time {result['wall_s']:.1f} s")
     return result
 

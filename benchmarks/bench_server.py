@@ -28,7 +28,8 @@ LLM shapes), so at the Llama scales they are timed on the first ``--metrics-laye
 scaled by ``layers / metrics_layers`` (every layer has the same shapes, so the per-layer cost is the same).
 
 Run: ``python benchmarks/bench_server.py`` (all scales, writes benchmarks/results/server.{json,md});
-``python benchmarks/bench_server.py --quick`` (seconds; prints only).
+``python benchmarks/bench_server.py --quick`` (seconds; writes to a temp folder); ``--render
+benchmarks/results/server.json`` rewrites the Markdown only (``render_server.py``).
 """
 
 from __future__ import annotations
@@ -36,7 +37,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import json
 import os
 import platform
 import pstats
@@ -53,7 +53,10 @@ if str(ROOT) not in sys.path:
 
 from machine import load_average  # noqa: E402
 from machine import machine_info as _machine_info  # noqa: E402
+from render_server import markdown, render, render_profiles  # noqa: E402
+from result_files import read_result, result_path, write_result  # noqa: E402
 
+from core.synthetic import synthetic_update  # noqa: E402
 from core.wire import ClientStart, ClientUpdate, ModuleSpec  # noqa: E402
 from orchestrator.linalg import factored_svd  # noqa: E402
 from orchestrator.method_config import MethodConfig  # noqa: E402
@@ -97,18 +100,9 @@ def client_ranks(method: str) -> list[int]:
     return assign_ranks(RankConfig(distribution="groups", max_rank=R, mid_rank=R_MID), N_CLIENTS, SEED)
 
 
-def synthetic_update(start: ClientStart, step: float = STEP) -> ClientUpdate:
-    """Stand-in for local training: every trainable factor moves by a seeded Gaussian perturbation."""
-    g = torch.Generator().manual_seed(start.seed)
-    adapters = {}
-    for name, per_module in start.adapters.items():
-        adapters[name] = {}
-        for m, init in per_module.items():
-            B = init.B + step * torch.randn(init.B.shape, generator=g) if init.train_B else init.B.clone()
-            A = init.A + step * torch.randn(init.A.shape, generator=g) if init.train_A else init.A.clone()
-            adapters[name][m] = (B, A)
-    return ClientUpdate(start.client_id, start.round, adapters, 100 + 10 * start.client_id, 1.0,
-                        upload=start.upload)
+def trained(start: ClientStart) -> ClientUpdate:
+    """Synthetic local training (``core.synthetic``): steps of ``STEP``, ``100 + 10 * client_id`` examples."""
+    return synthetic_update(start, STEP, 100 + 10 * start.client_id)
 
 
 def prepared_round(name: str, modules: list[ModuleSpec]):
@@ -117,11 +111,11 @@ def prepared_round(name: str, modules: list[ModuleSpec]):
     clients = list(range(N_CLIENTS))
     state0 = method.init_global()
     starts0 = [method.client_start(state0, c, 0) for c in clients]
-    updates0 = [synthetic_update(s) for s in starts0]
+    updates0 = [trained(s) for s in starts0]
     state1 = method.aggregate(state0, starts0, updates0).state
     del state0, starts0, updates0
     starts1 = [method.client_start(state1, c, 1) for c in clients]
-    updates1 = [synthetic_update(s) for s in starts1]
+    updates1 = [trained(s) for s in starts1]
     del starts1
     return method, state1, updates1
 
@@ -367,14 +361,6 @@ def machine_info() -> dict:
                          torch_threads=torch.get_num_threads(), torch_interop_threads=torch.get_num_interop_threads())
 
 
-def fmt(x: float | None) -> str:
-    if x is None:
-        return "-"
-    if x >= 1000:
-        return f"{x:,.0f}"
-    return f"{x:.1f}" if x >= 10 else f"{x:.3g}"
-
-
 def fedplora_vs_fedit(runs: list[dict], scale_names: list[str]) -> dict | None:
     """Fed-PLoRA / FedIT aggregate time per scale: ratio of medians and median of same-iteration ratios."""
     per_scale = {}
@@ -392,139 +378,6 @@ def fedplora_vs_fedit(runs: list[dict], scale_names: list[str]) -> dict | None:
         return None
     worst = max(max(r["ratio"], r["ratio_median_same_iteration"]) for r in per_scale.values())
     return {"per_scale": per_scale, "max_ratio": worst, "pass": worst <= 2.0}
-
-
-def render(result: dict) -> str:
-    lines = []
-    scales = result["scales"]
-    lines.append("| method | scale | client ranks | client_start ms | aggregate ms | total ms | metrics ms |")
-    lines.append("|---|---|---|---:|---:|---:|---:|")
-    for run in result["runs"]:
-        ms = run["ms"]
-        ranks = "16 x 10" if run["method"] in HOMOGENEOUS else "1,4,16 (3/3/4)"
-        metrics = fmt(ms.get("metrics"))
-        if ms.get("metrics") is not None and run["metrics_scale_factor"] != 1.0:
-            metrics += "*"
-        lines.append(f"| {run['method']} | {run['scale']} | {ranks} | {fmt(ms['client_start'])} | "
-                     f"{fmt(ms['aggregate'] + ms['global_delta'])} | {fmt(ms['total'])} | {metrics} |")
-    lines.append("")
-    lines.append("Medians. aggregate = `aggregate` (validation + adapters + head) + `global_delta`; total = all 10 "
-                 "`client_start` + aggregate (metrics not included); metrics = init noise (function-space and "
-                 "parameter-space, all 10 clients) + aggregation noise, optional per-round work.")
-    scaled = [f"{n}: first {s['metrics_layers']} of {s['layers']} layers, x{s['layers'] / s['metrics_layers']:g}, "
-              f"{s['metrics_repeats']} repeat(s)" for n, s in scales.items()
-              if s["metrics_layers"] and s["metrics_layers"] != s["layers"]]
-    if scaled:
-        lines.append("`*`: metrics timed on a subset of layers and scaled to all layers (" + "; ".join(scaled) + ").")
-    lines.append("")
-    with_metrics = [r for r in result["runs"] if r["ms"].get("metrics") is not None]
-    if with_metrics:
-        lines.append("Noise metrics per round, ms (init noises summed over the 10 clients), and their cost relative "
-                     "to the server round:")
-        lines.append("")
-        lines.append("| method | scale | init noise (function) | init noise (param) | aggregation noise | metrics / "
-                     "server round |")
-        lines.append("|---|---|---:|---:|---:|---:|")
-        for r in with_metrics:
-            ms = r["ms"]
-            lines.append(f"| {r['method']} | {r['scale']} | {fmt(ms['init_noise_function'])} | "
-                         f"{fmt(ms['init_noise_param'])} | {fmt(ms['aggregation_noise'])} | "
-                         f"{ms['metrics'] / ms['total']:,.0f}x |")
-        lines.append("")
-    t1 = result.get("target_flexlora_svd")
-    if t1:
-        note = "" if t1["scale"] == "llama8b" else f" (target defined at llama8b shapes; this run: {t1['scale']})"
-        lines.append(f"**Target 1: FlexLoRA factored SVD vs dense `torch.linalg.svd` ({t1['scale']}, "
-                     f"{len(t1['modules'])} modules, dense aggregate and SVD in {t1['dense_dtype']}): min speedup "
-                     f"{t1['min_speedup']:,.0f}x (need >= 20x), max rel. error {t1['max_rel_err']:.1e} "
-                     f"(need < 1e-4): {'PASS' if t1['pass'] else 'FAIL'}{note}**")
-        lines.append("")
-        lines.append("| module | d x k | stacked rank | factored ms (stack + SVD) | dense aggregate ms | dense SVD ms "
-                     "| speedup total / SVD-only | rel err recon vs dense SVD | rel err top-16 sigma | rel err "
-                     "recon vs exact aggregate | rank-16 truncation diff |")
-        lines.append("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for r in t1["modules"]:
-            lines.append(f"| {r['module']} | {r['shape'][0]}x{r['shape'][1]} | {r['stacked_rank']} | "
-                         f"{fmt(r['factored_ms'])} | {fmt(r['dense_aggregate_ms'])} | {fmt(r['dense_svd_ms'])} | "
-                         f"{r['speedup_total']:,.0f}x / {r['speedup_svd_only']:,.0f}x | "
-                         f"{r['rel_err_factored_vs_dense_reconstruction']:.1e} | "
-                         f"{r['rel_err_top_singular_values']:.1e} | {r['rel_err_factored_vs_exact_aggregate']:.1e} | "
-                         f"{r['rel_err_rank_R_truncation']:.1e} |")
-        est = t1["full_model_estimate_s"]
-        lines.append("")
-        lines.append("Speedup = dense time / factored time per module (PASS uses the smaller of total and SVD-only, "
-                     "minimum over modules). Errors in float64 against the dense result; \"exact aggregate\" is "
-                     "`s * B_stack @ A_stack` in float64. The rank-16 truncation diff (what a rank-16 client "
-                     "receives) is informational: it also depends on the gap sigma_16 / sigma_17.")
-        if est["dense"] is not None:
-            lines.append(f"Whole {t1['scale']} model, all modules (from the per-shape times): dense "
-                         f"{est['dense']:,.0f} s vs factored {est['factored']:.2f} s per round.")
-        lines.append("")
-    t2 = result.get("target_fedplora_vs_fedit")
-    if t2:
-        lines.append(f"**Target 2: Fed-PLoRA aggregate / FedIT (homogeneous R = 16) aggregate, need <= 2x: max "
-                     f"{t2['max_ratio']:.2f}: {'PASS' if t2['pass'] else 'FAIL'}**")
-        lines.append("")
-        lines.append("| scale | FedIT aggregate ms | Fed-PLoRA aggregate ms | ratio of medians | median of "
-                     "same-iteration ratios |")
-        lines.append("|---|---:|---:|---:|---:|")
-        for scale, r in t2["per_scale"].items():
-            lines.append(f"| {scale} | {fmt(r['fedit_ms'])} | {fmt(r['fedplora_ms'])} | {r['ratio']:.2f} | "
-                         f"{r['ratio_median_same_iteration']:.2f} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def render_profiles(result: dict, scale: str, top: int = 4) -> str:
-    lines = [f"Where one round's time goes at {scale} (cProfile of the warmup round, own time, top {top}; the "
-             "profiler inflates Python-heavy calls):", ""]
-    for run in result["runs"]:
-        if run["scale"] != scale or not run.get("profile_top"):
-            continue
-        parts = [f"`{r['function']}` {r['share']:.0%} ({r['ncalls']} calls)" for r in run["profile_top"][:top]]
-        lines.append(f"- {run['method']}: " + "; ".join(parts))
-    lines.append("")
-    return "\n".join(lines)
-
-
-def write_markdown(path: Path, result: dict, table: str) -> None:
-    m = result["machine"]
-    text = [
-        "# Server-side cost per federated round",
-        "",
-        "Generated by `benchmarks/bench_server.py` (its docstring has the full setup). The machine is shared with "
-        "other jobs: absolute times drift with their load; compare ratios within this run.",
-        "",
-        "Command:",
-        "",
-        f"    {result['command']}",
-        "",
-        f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, {m.get('mem_total_gib', '?')} GiB; torch "
-        f"{m['torch']}, {m['torch_threads']} intra-op thread(s); {m['platform']}; Python {m['python']}; "
-        f"{m['date_utc']}; load average (1/5/15 min) {m.get('loadavg_start')} at start, {m.get('loadavg_end')} at "
-        f"end. Wall time {result['wall_s']:.0f} s.",
-        "",
-        "Setup: 10 participating clients with ranks [1, 1, 1, 4, 4, 4, 16, 16, 16, 16] (groups (1, r_m = 4, R = 16)); "
-        "FedIT homogeneous rank 16 x 10. One untimed warm round, then round 1 timed from that fixed state; "
-        f"methods round-robin, warmup {result['warmup']}, median of repeats (" + ", ".join(
-            f"{n} {s['repeats']}" for n, s in result["scales"].items()) + "); synthetic "
-        "updates precomputed. Scales (real layer counts):",
-        "",
-    ]
-    for name, s in result["scales"].items():
-        shapes = ", ".join(f"{n} {d}x{k}" for n, d, k in s["shapes"])
-        text.append(f"- `{name}`: {s['label']}, {s['layers']} layers x ({shapes}) = {s['n_modules']} modules")
-    text += ["", table, ""]
-    if result["runs"]:
-        text.append(render_profiles(result, result["runs"][-1]["scale"]))
-    if m["torch_threads"] == 1:
-        text.append("Threads: 1 intra-op thread (`--threads 1`, the default). On this shared 2-core machine, with "
-                    "another job keeping both cores busy, torch's 2 default threads made the many small ops of a "
-                    "round 10-30x slower and erratic (e.g. FedIT's 8B aggregate 13-31 s with 2 threads vs "
-                    "0.9-1.9 s with 1 thread, measured back to back); the dense-SVD baseline gets the same single "
-                    "thread as the factored path.")
-        text.append("")
-    path.write_text("\n".join(text))
 
 
 # ---- main --------------------------------------------------------------------------------------------------
@@ -552,10 +405,15 @@ def main(argv: list[str] | None = None) -> dict:
                    help="dtype of the dense aggregate and its SVD (the official code works on model-dtype weights)")
     p.add_argument("--no-profile", action="store_true", help="skip the cProfile breakdown of the warmup round")
     p.add_argument("--out", default=None,
-                   help="JSON output (default benchmarks/results/server.json; --quick writes nothing unless given)")
+                   help="JSON output, the .md next to it (default benchmarks/results/server.json; --quick: a temp folder)")
     p.add_argument("--md", default=None, help="markdown output (default: --out with .md)")
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (tiny shapes, 2 repeats)")
+    p.add_argument("--render", metavar="JSON", help="only rewrite the markdown next to an existing result JSON")
     args = p.parse_args(argv)
+    if args.render:
+        result = read_result(args.render)
+        Path(args.render).with_suffix(".md").write_text(markdown(result))
+        return result
 
     t_wall = time.perf_counter()
     if args.threads > 0:
@@ -570,7 +428,7 @@ def main(argv: list[str] | None = None) -> dict:
         if name not in scales_avail:
             p.error(f"unknown scale {name!r}; choose from {list(scales_avail)}")
     methods = available_methods() if args.methods is None else args.methods.split(",")
-    out = args.out or (None if args.quick else "benchmarks/results/server.json")
+    out = result_path(args.out, "server", args.quick)
     svd_scale = args.svd_scale or ("llama8b" if "llama8b" in scale_names else scale_names[-1])
     if svd_scale not in scale_names:
         p.error(f"--svd-scale {svd_scale!r} must be one of --scales")
@@ -619,19 +477,12 @@ def main(argv: list[str] | None = None) -> dict:
         result["target_fedplora_vs_fedit"] = t2
     result["machine"]["loadavg_end"] = load_average()
     result["wall_s"] = time.perf_counter() - t_wall
-    table = render(result)
     print()
-    print(table)
+    print(render(result))
     if result["runs"] and not args.no_profile:
         print(render_profiles(result, scale_names[-1]))
-    if out:
-        out_path = Path(out) if os.path.isabs(out) else ROOT / out
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(result, indent=1, default=str) + "\n")
-        md_path = Path(args.md) if args.md else out_path.with_suffix(".md")
-        md_path = md_path if md_path.is_absolute() else ROOT / md_path
-        write_markdown(md_path, result, table)
-        print(f"wrote {out_path} and {md_path}")
+    md_path = None if args.md is None else Path(args.md) if os.path.isabs(args.md) else ROOT / args.md
+    write_result(out, result, markdown(result), md_path)
     print(f"wall time {result['wall_s']:.1f} s")
     return result
 

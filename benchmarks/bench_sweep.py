@@ -11,8 +11,11 @@ For each concurrency ``c`` the preset runs end to end as ``python -m sweeps.run 
 - ``trials per hour = trials / process wall * 3600``.
 
 Run: ``python benchmarks/bench_sweep.py --preset quick --concurrency 1 2`` (about 25 minutes on 2 cores);
-``--existing 2=/tmp/quick`` analyses a finished sweep folder instead of running that concurrency again.
-Prints a Markdown table (paste into benchmarks/results/sweep.md) and writes ``--json`` if given.
+``--config SWEEP.yaml`` runs a sweep file instead of a preset; ``--existing 2=/tmp/quick`` analyses a finished
+sweep folder instead of running that concurrency again. Prints a Markdown table (paste into
+benchmarks/results/sweep.md) and writes ``--json`` if given. ``--quick``: the seconds-long
+``configs/sweeps/tiny_smoke.yaml`` (4 tiny-Llama trials) at 2 concurrent trials, everything in a temp folder
+(the rows in ``sweep.json`` there).
 """
 
 from __future__ import annotations
@@ -32,9 +35,13 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_one(preset: str, concurrency: int, out: Path, overrides: list[str]) -> float:
+QUICK_CONFIG = "configs/sweeps/tiny_smoke.yaml"
+
+
+def run_one(source: list[str], concurrency: int, out: Path, overrides: list[str]) -> float:
+    """Run the sweep (``source``: ``--preset P`` or ``--config FILE``) as its own command; its wall time."""
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "sweeps.run", "--preset", preset, "--out", str(out), "--max-concurrent",
+    cmd = [sys.executable, "-m", "sweeps.run", *source, "--out", str(out), "--max-concurrent",
            str(concurrency), "--summary-every", "600"]
     for o in overrides:
         cmd += ["--set", o]
@@ -72,29 +79,41 @@ def markdown(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--preset", default="quick")
+    which = parser.add_mutually_exclusive_group()
+    which.add_argument("--preset", default="quick")
+    which.add_argument("--config", help="a sweep YAML file instead of a preset")
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--existing", action="append", default=[], metavar="C=DIR",
                         help="use the finished sweep in DIR for concurrency C (its process wall is unknown)")
     parser.add_argument("--work", default=None, help="folder for the sweep outputs (default: a temp folder)")
     parser.add_argument("--json", help="write the rows here")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"smoke run: {QUICK_CONFIG} at 2 concurrent trials, in a temp folder")
     args = parser.parse_args()
+    if args.quick:
+        args.config, args.concurrency = args.config or QUICK_CONFIG, [2]
     existing = {int(k): Path(v) for k, v in (e.split("=", 1) for e in args.existing)}
-    work = Path(args.work or tempfile.mkdtemp(prefix="bench_sweep_"))
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_sweep_quick_" if args.quick else "bench_sweep_"))
+    source = ["--config", args.config] if args.config else ["--preset", args.preset]
+    name = Path(args.config).stem if args.config else args.preset
     rows = []
     for c in args.concurrency:
         if c in existing:
             rows.append(analyse(existing[c], c, None))
             continue
-        out = work / f"{args.preset}_c{c}"
-        wall = run_one(args.preset, c, out, args.overrides)
+        out = work / f"{name}_c{c}"
+        wall = run_one(source, c, out, args.overrides)
         rows.append(analyse(out, c, wall))
     uptime = os.getloadavg()
     print(f"\nmachine: {platform.platform()}, {os.cpu_count()} CPUs, load average now {uptime[0]:.1f}")
     print(markdown(rows))
-    if args.json:
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    path = args.json or (work / "sweep.json" if args.quick else None)
+    if path:
+        Path(path).write_text(json.dumps(rows, indent=1))
+        print(f"wrote {path}")
+    if args.quick and any(r["completed"] != r["trials"] for r in rows):
+        raise SystemExit("bench_sweep --quick: not every trial completed")
 
 
 if __name__ == "__main__":

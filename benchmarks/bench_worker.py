@@ -41,7 +41,10 @@ last client within 10% of RSS after the first. The memory jobs run ``--memory-st
 steps: a step's activations are freed before the next, so more steps per job only take longer.
 
 Run: ``python benchmarks/bench_worker.py`` (writes benchmarks/results/worker.{json,md});
-``python benchmarks/bench_worker.py --quick`` (2 steps, few jobs, 5 memory clients; prints only).
+``python benchmarks/bench_worker.py --quick`` (a smoke test: 2 steps, 2 iterations, 5 memory clients of 1 step, one
+reference job; writes to a temp folder);
+``--render benchmarks/results/worker.json`` rewrites the Markdown only. The plain loop is in ``plain_loop.py``,
+the rendering in ``render_worker.py``.
 """
 
 from __future__ import annotations
@@ -49,7 +52,6 @@ from __future__ import annotations
 import argparse
 import cProfile
 import gc
-import json
 import os
 import pstats
 import statistics
@@ -71,6 +73,9 @@ import psutil  # noqa: E402
 import torch  # noqa: E402
 from machine import load_average  # noqa: E402
 from machine import machine_info as _machine_info  # noqa: E402
+from plain_loop import PlainLoop  # noqa: E402
+from render_worker import markdown, render  # noqa: E402
+from result_files import read_result, result_path, write_result  # noqa: E402
 
 from core.rng import generator  # noqa: E402
 from core.wire import ClientStart  # noqa: E402
@@ -81,7 +86,6 @@ from orchestrator.ranks import assign_ranks  # noqa: E402
 from orchestrator.run import init_ray  # noqa: E402
 from workers.actor import ClientWorker, make_worker  # noqa: E402
 from workers.local_training import batch_indices  # noqa: E402
-from workers.models import _resolve_source  # noqa: E402
 from workers.partition import load_federated  # noqa: E402
 from workers.resources import WorkerResources  # noqa: E402
 
@@ -98,72 +102,6 @@ def method_for(cfg: RunConfig, worker: ClientWorker):
     method = build_method(cfg.method, specs, ranks, cfg.ranks.max_rank, cfg.seed)
     state = method.init_global(worker.initial_head())
     return method, state, ranks
-
-
-class PlainLoop:
-    """A plain single-process PEFT LoRA fine-tuning loop on MiniLM (what a user would write without the tool)."""
-
-    def __init__(self, cfg: RunConfig, targets: list[str], rank: int, num_labels: int):
-        from peft import LoraConfig, get_peft_model
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        source = _resolve_source(cfg.model.name)
-        self.tokenizer = AutoTokenizer.from_pretrained(source, local_files_only=True)
-        base = AutoModelForSequenceClassification.from_pretrained(source, num_labels=num_labels,
-                                                                  local_files_only=True)
-        self.model = get_peft_model(base, LoraConfig(task_type="SEQ_CLS", r=rank, lora_alpha=rank,
-                                                     lora_dropout=cfg.train.lora_dropout,
-                                                     target_modules=["query", "value"]))
-        self.cfg = cfg
-        params = dict(self.model.named_parameters())
-        self.lora = {m: (params[f"base_model.model.{m}.lora_B.default.weight"],
-                         params[f"base_model.model.{m}.lora_A.default.weight"]) for m in targets}
-        self.head = {k: v for k, v in params.items() if ".modules_to_save.default." in k}
-        self.trainable = [p for p in self.model.parameters() if p.requires_grad]
-
-    @torch.no_grad()
-    def reset(self, start: ClientStart) -> None:
-        """Copy the client's initial adapter and head in (the start of every federated client job)."""
-        for m, (B, A) in self.lora.items():
-            init = start.adapters["main"][m]
-            B.copy_(init.B)
-            A.copy_(init.A)
-        for name, p in self.head.items():
-            p.copy_(start.head[_head_key(name)])
-
-    def job(self, start: ClientStart, examples: list) -> dict:
-        """Reset, train ``local_steps`` steps on the same batches as the worker, collect the trained tensors."""
-        t0 = time.perf_counter()
-        self.reset(start)
-        cfg = self.cfg.train
-        order = torch.Generator(device="cpu").manual_seed(int(start.seed))
-        torch.manual_seed(int(start.seed))
-        optimizer = torch.optim.AdamW(self.trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        batches = batch_indices(len(examples), cfg.batch_size, order)
-        self.model.train()
-        losses = []
-        for _ in range(cfg.total_steps(len(examples))):
-            rows = [examples[i] for i in next(batches)]
-            enc = self.tokenizer([ex.text for ex in rows], padding=True, truncation=True,
-                                 max_length=self.cfg.data.max_length, return_tensors="pt")
-            labels = torch.tensor([ex.label for ex in rows], dtype=torch.long)
-            loss = self.model(**enc, labels=labels).loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-        self.model.eval()
-        trained = {n: p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
-        return {"seconds": time.perf_counter() - t0, "loss": sum(losses) / len(losses), "steps": len(losses),
-                "n_tensors": len(trained)}
-
-
-def _head_key(peft_name: str) -> str:
-    """``base_model.model.classifier.modules_to_save.default.weight`` -> ``classifier.weight``."""
-    head, rest = peft_name.split("base_model.model.", 1)[1].split(".modules_to_save.default.")
-    return f"{head}.{rest}"
 
 
 # ---- part (a): throughput ----------------------------------------------------------------------------------
@@ -286,7 +224,7 @@ WORKER_BUCKETS = {
     "adapter_factors + head_state": (("local_training.py", "adapter_factors"), ("models.py", "head_state")),
 }
 PLAIN_BUCKETS = {
-    "reset": ("bench_worker.py", "reset"),
+    "reset": ("plain_loop.py", "reset"),
     "tokenize": ("tokenization_utils_base.py", "__call__"),
     "forward + loss": ("peft_model.py", "forward"),
     "backward": ("_tensor.py", "backward"),
@@ -478,178 +416,6 @@ def machine_info() -> dict:
     return _machine_info(torch_threads=torch.get_num_threads(), versions=package_versions())
 
 
-def render(result: dict) -> str:
-    lines = []
-    t = result.get("throughput")
-    if t:
-        lines.append(f"## (a) Local training throughput (client {t['client']}, rank {t['rank']}, {t['n_train']} train "
-                     f"examples; {t['steps']} steps x batch {result['config']['batch_size']} = {t['examples_per_job']} "
-                     f"examples per job; {result['threads']} torch thread)")
-        lines.append("")
-        lines.append("| variant | nice | median job s | min job s | examples/s | median s outside `compute_seconds` | "
-                     "mean train loss | time / plain: ratio of medians | median of same-iteration ratios | "
-                     "ratio of mins |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
-        for v, r in t["variants"].items():
-            outside = f"{r['median_outside_compute_s']:.3f}" if "median_outside_compute_s" in r else "-"
-            q = t["ratios"].get(v)
-            ratios = (f"{q['ratio_of_medians']:.3f} | {q['median_same_iteration']:.3f} | {q['ratio_of_mins']:.3f}"
-                      if q else "1 | 1 | 1")
-            lines.append(f"| {v} | {r.get('nice', 0)} | {r['median_s']:.2f} | {r['min_s']:.2f} | "
-                         f"{r['examples_per_s']:.1f} | {outside} | {r['loss']:.5f} | {ratios} |")
-        lines.append("")
-        lines.append(f"**Target: the worker (in-process `LocalTrainer.train`, and the Ray actor as shipped) within 5% of "
-                     f"the plain PEFT loop: max ratio {t['max_ratio']:.3f}: {'PASS' if t['pass'] else 'FAIL'}.** "
-                     f"Loss difference worker vs plain: {t['loss_abs_diff_worker_vs_plain']:.2e} (the same numbers are "
-                     "trained). `actor`: as shipped (nice 0, `malloc_trim(0)` after each job); `actor, nice 15`: "
-                     "reniced to Ray's default; `actor, no malloc_trim`: a ClientWorker subclass without the trim. Load "
-                     "average (1 min) after each iteration: " +
-                     ", ".join(f"{x:.2f}" for x in t["load_after_each_iteration"]) + ".")
-        lines.append("")
-        if t.get("earlier_runs"):
-            lines.append("Earlier runs on the same day (time / plain: ratio of medians, median of same-iteration ratios; "
-                         "other tenants' load differed):")
-            lines.append("")
-            for e in t["earlier_runs"]:
-                lines.append(f"- {e['date_utc']} ({e['note']}; load {e['load']}): " + "; ".join(
-                    f"{v} {a:.3f} / {b:.3f}" for v, (a, b) in e["ratios"].items()))
-            lines.append("")
-        if t.get("profile"):
-            lines.append("Where one job's time goes (cProfile cumulative seconds of one job in this process; the "
-                         "profiler adds overhead to Python-heavy calls):")
-            lines.append("")
-            w, p = t["profile"]["worker"], t["profile"]["plain"]
-            lines.append("| worker phase | s | plain phase | s |")
-            lines.append("|---|---:|---|---:|")
-            wk, pk = list(w["phases_s"].items()), list(p["phases_s"].items())
-            for i in range(max(len(wk), len(pk))):
-                a = f"{wk[i][0]} | {wk[i][1]:.3f}" if i < len(wk) else " | "
-                b = f"{pk[i][0]} | {pk[i][1]:.3f}" if i < len(pk) else " | "
-                lines.append(f"| {a} | {b} |")
-            lines.append(f"| total | {w['total_s']:.3f} | total | {p['total_s']:.3f} |")
-            lines.append("")
-    m = result.get("memory")
-    if m:
-        lines.append(f"## (b) Worker memory over {m['clients']} clients (Ray actor processes, {m['local_steps']} local "
-                     f"steps per job, rounds of {m['per_round']} clients aggregated between rounds; every variant serves "
-                     "the same clients, interleaved client by client)")
-        lines.append("")
-        lines.append("1-client reference: fresh actors that each serve one job of the sequence (the shipped "
-                     "sequence's highest-peak jobs and the largest-footprint job); job peak = VmHWM reset "
-                     f"(`/proc/<pid>/clear_refs` = 5) before each job"
-                     f"{'' if m['peaks_reset_per_job'] else ' (reset failed: cumulative peaks)'}. Peak of a fresh "
-                     "1-client worker (MiB; VmHWM, model loading included):")
-        lines.append("")
-        lines.append("| client | rank | round | tokens (rows x padded length) | " +
-                     " | ".join(m["variants"][v]["label"] for v in m["variants"]) + " |")
-        lines.append("|---:|---:|---:|---:|" + "---:|" * len(m["variants"]))
-        for ref in m["reference_jobs"]:
-            lines.append(f"| {ref['client']} | {ref['rank']} | {ref['round'] + 1} | {ref['footprint']}"
-                         f"{' (largest)' if ref['largest_footprint'] else ''} | " +
-                         " | ".join(f"{ref[f'{v}_peak_mib']:.0f}" for v in m["variants"]) + " |")
-        lines.append("")
-        lines.append("| worker | RSS at start | 1-client worker: peak | many: RSS after client 1 / last | "
-                     "anon after 1 / last | job peaks min / max | peak over all jobs | peak many / peak one | "
-                     "RSS last / first | slope MiB/client | job time vs as shipped | pass |")
-        lines.append("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|")
-        for v, r in m["variants"].items():
-            lines.append(f"| {r['label']} | {r['curve'][0]['rss_mib']:.0f} | "
-                         f"{r['peak_one_mib']:.0f} | {r['rss_after_1_mib']:.0f} / {r['rss_after_last_mib']:.0f} | "
-                         f"{r['anon_after_1_mib']:.0f} / {r['anon_after_last_mib']:.0f} | "
-                         f"{r['job_peak_min_mib']:.0f} / {r['job_peak_max_mib']:.0f} | {r['peak_many_mib']:.0f} | "
-                         f"{r['peak_ratio']:.3f} | {r['rss_ratio_last_vs_first']:.3f} | "
-                         f"{r['slope_mib_per_client']:+.2f} | {r['job_time_vs_default_same_client']:.3f} | "
-                         f"{'PASS' if r['pass'] else 'FAIL'} |")
-        lines.append("")
-        d = m["variants"]["default"]
-        lines.append(f"MiB. **Target (as shipped): peak of the {m['clients']}-client worker within 10% of the 1-client "
-                     f"worker: {d['peak_ratio']:.3f}x; RSS after the last client / after the first "
-                     f"{d['rss_ratio_last_vs_first']:.3f}x: {'PASS' if d['pass'] else 'FAIL'}.** Pass = both <= 1.10. "
-                     f"Slope: least squares over clients {d['slope_from_client']}..{m['clients']}. Job time: median "
-                     "over clients of (variant job / as-shipped job on the same client), seen from the caller.")
-        lines.append("")
-        for v, r in m["variants"].items():
-            lines.append(f"After each client, {r['label']}: RSS / job peak (MiB):")
-            lines.append("")
-            rows = r["curve"][1:]
-            lines.append("| clients | " + " | ".join(str(i + 1) for i in range(min(10, len(rows)))) + " |")
-            lines.append("|---|" + "---:|" * min(10, len(rows)))
-            for i in range(0, len(rows), 10):
-                chunk = rows[i:i + 10]
-                lines.append(f"| {chunk[0]['clients']}-{chunk[-1]['clients']} | " +
-                             " | ".join(f"{p['rss_mib']:.0f} / {p['job_peak_mib']:.0f}" for p in chunk) + " |")
-            lines.append("")
-        lines.append("Clients served (id, rank, footprint in tokens): " +
-                     ", ".join(f"{c}/{rk}/{fp}" for c, rk, fp in m["served"]) + ".")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def notes(result: dict) -> list[str]:
-    """Findings computed from this run's numbers."""
-    out = []
-    t = result.get("throughput")
-    if t:
-        v = t["variants"]
-        out.append(
-            f"Per job, the worker's own overhead is small: `prepare` + `set_trainable` + factors/head copies "
-            f"{sum(x for k, x in t['profile']['worker']['phases_s'].items() if k.startswith(('prepare', 'set_', 'adapter'))):.3f} s "
-            f"of {t['profile']['worker']['total_s']:.2f} s in the profile, and the Ray call adds "
-            f"{v['actor']['median_outside_compute_s']:.3f} s (caller wall - `compute_seconds`); the forward and "
-            "backward are the same PEFT LoRA layers as the plain loop's (identical losses)."
-            if t.get("profile") else "")
-        r = t["ratios"]
-        out.append(
-            "Ray starts worker processes at nice 15 by default (`RAY_worker_niceness`); under CFS a nice-15 process "
-            "gets 36/1024 of a nice-0 competitor's share of a core, so on a shared machine the client workers lose "
-            "to any other process. `orchestrator.run.init_ray` starts a local Ray with `RAY_worker_niceness=0`. In "
-            f"this run the actor reniced to 15 took {r['actor, nice 15']['median_same_iteration']:.3f}x the plain "
-            f"loop vs {r['actor']['median_same_iteration']:.3f}x at nice 0 (same-iteration medians; the gap grows "
-            "with the competing load). On a cluster, start the nodes with that variable.")
-    m = result.get("memory")
-    if m:
-        d, nt = m["variants"]["default"], m["variants"]["notrim"]
-        out.append(
-            f"Without the trim a worker's RSS grows in steps ({nt['rss_after_1_mib']:.0f} -> "
-            f"{nt['rss_after_last_mib']:.0f} MiB over {m['clients']} clients, RssAnon {nt['anon_after_1_mib']:.0f} -> "
-            f"{nt['anon_after_last_mib']:.0f}): not a leak but glibc malloc keeping freed activation memory (after "
-            "the first free of an mmapped block glibc raises its mmap threshold, so later MB-sized activations come "
-            "from the heap, which fragments as padded lengths and ranks change from job to job). `malloc_trim(0)` "
-            "after each job returns every free page, so each job starts from the same footprint: RSS "
-            f"{d['rss_after_1_mib']:.0f} -> {d['rss_after_last_mib']:.0f} MiB "
-            f"(RssAnon {d['anon_after_1_mib']:.0f} -> {d['anon_after_last_mib']:.0f}), slope "
-            f"{d['slope_mib_per_client']:+.2f} MiB/client; the next job faults its working set in again: the "
-            f"untrimmed worker's jobs took {nt['job_time_vs_default_same_client']:.3f}x the shipped ones here "
-            "(3-step jobs; part (a) measures the cost on 10-step jobs). An earlier run of this benchmark also "
-            "tried a rule that trims only once RSS exceeds 1.05x its size after the first job: it trimmed 32 of "
-            "50 jobs and peaked higher (1032 vs 1000 MiB), so the worker trims after every job. A fixed "
-            "`MALLOC_MMAP_THRESHOLD_=131072` also keeps RSS flat but made every job 1.6x slower (an mmap and page "
-            "faults per activation).")
-        out.append(
-            f"A job's peak depends on its own batches and on the allocator's state: {d['job_peak_min_mib']:.0f}-"
-            f"{d['job_peak_max_mib']:.0f} MiB over the {m['clients']} shipped jobs; the highest-peak jobs on fresh "
-            "1-client workers peak at " + ", ".join(f"{ref['default_peak_mib']:.0f}" for ref in m["reference_jobs"])
-            + " MiB (clients " + ", ".join(str(ref["client"]) for ref in m["reference_jobs"]) + ").")
-    return [n for n in out if n]
-
-
-def write_markdown(path: Path, result: dict, table: str) -> None:
-    m = result["machine"]
-    v = m["versions"]
-    text = ["# Client worker: training throughput and memory", "",
-            "Generated by `benchmarks/bench_worker.py` (its docstring has the full setup). The machine is shared with "
-            "other jobs: absolute times drift with their load; the variants are interleaved and compared as ratios "
-            "within this run.", "", "Command:", "", f"    {result['command']}", "",
-            f"Machine: {m['cpu_model']}, {m['cpu_count']} cores, {m['mem_total_gib']} GiB; {m['platform']}; "
-            f"{m['date_utc']}; load average (1/5/15 min) {m['loadavg_start']} at start, {m.get('loadavg_end')} at end. "
-            f"Python {v['python']}, torch {v['torch']}, transformers {v['transformers']}, peft {v['peft']}, ray "
-            f"{v['ray']}. Wall time {result['wall_s']:.0f} s.", "", table, ""]
-    found = notes(result)
-    if found:
-        text += ["## Findings", ""] + [f"- {n}" for n in found] + [""]
-    path.write_text("\n".join(text))
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=CONFIG)
@@ -664,13 +430,15 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--skip-throughput", action="store_true")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--no-profile", action="store_true")
-    p.add_argument("--quick", action="store_true", help="smoke run: 2 steps, 2 iterations, 5 memory clients")
-    p.add_argument("--out", default=None, help="JSON output (default benchmarks/results/worker.json; --quick: none)")
+    p.add_argument("--quick", action="store_true",
+                   help="smoke run: 2 steps, 2 iterations, 5 memory clients of 1 step, only the largest job as reference")
+    p.add_argument("--out", default=None,
+                   help="JSON output, the .md next to it (default benchmarks/results/worker.json; --quick: a temp folder)")
     p.add_argument("--render", metavar="JSON", help="only rewrite the markdown next to an existing result JSON")
     args = p.parse_args(argv)
     if args.render:
-        result = json.loads(Path(args.render).read_text())
-        write_markdown(Path(args.render).with_suffix(".md"), result, render(result))
+        result = read_result(args.render)
+        Path(args.render).with_suffix(".md").write_text(markdown(result))
         return result
 
     import ray
@@ -680,6 +448,7 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = ["train.local_steps=2"] if args.quick else []
     cfg = load_config(ROOT / args.config, overrides)
     iterations, mem_clients = (2, 5) if args.quick else (args.iterations, args.memory_clients)
+    memory_steps, reference_jobs = (1, 0) if args.quick else (args.memory_steps, args.reference_jobs)
     argv_used = argv if argv is not None else sys.argv[1:]
     result: dict = {"command": " ".join(["python", "benchmarks/bench_worker.py"] + argv_used),
                     "machine": machine_info(), "threads": args.threads,
@@ -694,23 +463,15 @@ def main(argv: list[str] | None = None) -> dict:
             result["throughput"] = throughput(cfg, iterations, args.warmup, not args.no_profile)
         if not args.skip_memory:
             mcfg = load_config(ROOT / args.config, [f"data.num_clients={max(mem_clients, cfg.data.num_clients)}",
-                                                    f"train.local_steps={args.memory_steps}"])
-            result["memory"] = memory(mcfg, mem_clients, min(args.memory_per_round, mem_clients),
-                                      args.reference_jobs)
+                                                    f"train.local_steps={memory_steps}"])
+            result["memory"] = memory(mcfg, mem_clients, min(args.memory_per_round, mem_clients), reference_jobs)
     finally:
         ray.shutdown()
     result["machine"]["loadavg_end"] = load_average()
     result["wall_s"] = time.perf_counter() - t_wall
-    table = render(result)
     print()
-    print(table)
-    out = args.out or (None if args.quick else "benchmarks/results/worker.json")
-    if out:
-        out_path = Path(out) if os.path.isabs(out) else ROOT / out
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        out_path.write_text(json.dumps(result, indent=1, default=str) + "\n")
-        write_markdown(out_path.with_suffix(".md"), result, table)
-        print(f"wrote {out_path} and {out_path.with_suffix('.md')}")
+    print(render(result))
+    write_result(result_path(args.out, "worker", args.quick), result, markdown(result))
     print(f"wall time {result['wall_s']:.1f} s")
     return result
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from ray import tune
 
-from sweeps.spec import TrialSpec
+from sweeps.trials import TrialSpec
 from sweeps.tune_runner import TRIALS_DIR, read_trial_state
 
 
@@ -34,6 +34,8 @@ class SweepProgress(tune.Callback):
         self.last_summary = self.t0
         self.finished: dict[str, str] = {}
         self.best: dict[str, float] = {}
+        self.noted_trials: set[str] = set()  # trials whose data notes were read
+        self.notes_shown: set[str] = set()
 
     def setup(self, **info: Any) -> None:
         """Called by Tune once before the first trial starts (also after a restore)."""
@@ -43,6 +45,7 @@ class SweepProgress(tune.Callback):
         return _fmt_duration(time.perf_counter() - self.t0)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        self._data_notes(trial.config.get("trial"))
         spec = self.specs.get(trial.config.get("trial"))
         if spec is not None and isinstance(result.get(spec.metric), int | float):
             value = float(result[spec.metric])
@@ -75,6 +78,20 @@ class SweepProgress(tune.Callback):
         wall_text = f", {wall:.1f} s" if isinstance(wall, int | float) else ""
         self.log(f"[{len(self.finished)}/{len(self.specs)} {kind} {self._elapsed()}] {spec.describe()}: "
                  f"{detail}{wall_text}")
+        self._data_notes(tid)
+
+    def _data_notes(self, tid: str | None) -> None:
+        """Print the data notes of a trial (``trial.json``) that no earlier trial printed, once per trial."""
+        if tid is None or tid in self.noted_trials:
+            return
+        notes = read_trial_state(self.sweep_dir / TRIALS_DIR / tid).get("data_notes")
+        if notes is None:
+            return
+        self.noted_trials.add(tid)
+        for note in notes:
+            if note not in self.notes_shown:
+                self.notes_shown.add(note)
+                self.log(f"data note: {note}")
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         now = time.perf_counter()

@@ -32,15 +32,13 @@ from orchestrator.run import init_ray
 from sweeps.spec import (
     SweepSpec,
     SweepSpecError,
-    TrialSpec,
     available_presets,
-    expand,
     load_preset,
     load_spec_file,
     parse_overrides,
     parse_spec,
-    sweep_fingerprint,
 )
+from sweeps.trials import TrialSpec, expand, sweep_fingerprint
 
 SWEEP_FILE = "sweep.yaml"
 

@@ -1,4 +1,4 @@
-"""Sweep specifications: a base run config and the axes that vary it, expanded into validated trials.
+"""Sweep specifications: the sweep YAML (a base run config and the axes that vary it) parsed and checked.
 
 A sweep YAML::
 
@@ -19,18 +19,14 @@ A sweep YAML::
         train.lr: [0.001, 0.0005]
       seeds: [0, 1, 2]                          # default: the base config's seed
 
-Trials = variants x settings x grid x seeds, in that nesting order (seeds innermost). A trial's config is
-the base with its variant's, setting's, grid values, seed and then the command line's ``--set`` overrides
-applied. Every key is checked against :func:`orchestrator.config.all_keys`, every trial's full
-:class:`RunConfig` is built (and its method constructed on a probe module, which catches e.g. FedIT with
-heterogeneous ranks) before any trial starts; all problems are reported at once, each with its trial.
+Every key is checked against :func:`orchestrator.config.all_keys` and every method name against the method
+registry; all problems are reported at once. Expanding a spec into its trials (and checking every trial's
+values) is :mod:`sweeps.trials`.
 """
 
 from __future__ import annotations
 
 import difflib
-import hashlib
-import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -39,8 +35,7 @@ from typing import Any
 
 import yaml
 
-from core.naming import slug
-from orchestrator.config import RunConfig, all_keys, apply_overrides, build, unknown_key_message
+from orchestrator.config import all_keys, apply_overrides, unknown_key_message
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 TOP_KEYS = ("name", "description", "base", "base_config", "metric", "axes")
@@ -91,33 +86,6 @@ class SweepSpec:
         if self.metric:
             out["metric"] = self.metric
         return out
-
-
-@dataclass(frozen=True)
-class TrialSpec:
-    """One trial: its stable id, labels, the grid values it takes and its validated run config."""
-
-    index: int
-    trial_id: str
-    label: str
-    setting: str
-    seed: int
-    axes: dict[str, Any]
-    config: RunConfig
-    headline: str | None = None
-
-    @property
-    def metric(self) -> str:
-        """The sweep's ``metric``, else the task's own (accuracy, mcc for CoLA, rouge_l)."""
-        from workers.task_metrics import metric_names_for
-
-        return self.headline or metric_names_for(self.config.data)[-1]
-
-    def describe(self) -> str:
-        """``Fed-PLoRA | IID | train.lr=0.001 | seed 0``."""
-        parts = [self.label] + ([self.setting] if self.setting != "default" else [])
-        parts += [f"{k}={v}" for k, v in self.axes.items()] + [f"seed {self.seed}"]
-        return " | ".join(parts)
 
 
 # ------------------------------------------------------------------------------------------------ YAML
@@ -179,7 +147,7 @@ def load_spec_file(path: str | Path) -> SweepSpec:
 
 
 def parse_spec(data: dict[str, Any], source_dir: Path | None = None, default_name: str = "sweep") -> SweepSpec:
-    """Check the structure and keys of a sweep mapping (values are checked per trial by :func:`expand`)."""
+    """Check the structure and keys of a sweep mapping (values: per trial, by ``sweeps.trials.expand``)."""
     if not isinstance(data, dict):
         raise SweepSpecError(f"a sweep must be a mapping with keys {list(TOP_KEYS)}; got {type(data).__name__}")
     errors: list[str] = []
@@ -203,7 +171,7 @@ def parse_spec(data: dict[str, Any], source_dir: Path | None = None, default_nam
     if metric is not None and metric not in METRICS:
         errors.append(_unknown("metric", metric, METRICS))
     if errors:
-        raise SweepSpecError(_join("the sweep is invalid", errors))
+        raise SweepSpecError(join_errors("the sweep is invalid", errors))
     return SweepSpec(name=str(data.get("name") or default_name), base=base, variants=variants, settings=settings,
                      grid=grid, seeds=seeds, metric=metric, description=str(data.get("description") or ""))
 
@@ -222,7 +190,7 @@ def _base(data: dict[str, Any], source_dir: Path | None, errors: list[str]) -> d
         errors.append(f"base must be a mapping of run-config options; got {inline!r}")
         inline = {}
     flat = {**_flatten_set(merged), **_flatten_set(inline)}
-    errors.extend(f"base: {m}" for m in _key_errors(flat))
+    errors.extend(f"base: {m}" for m in key_errors(flat))
     return apply_overrides({}, {k: v for k, v in flat.items() if k in set(all_keys())})
 
 
@@ -259,7 +227,7 @@ def _bundles(axes: dict[str, Any], key: str, errors: list[str]) -> tuple[Bundle,
             errors.append(f"{where} ({label!r}): set must be a mapping of dotted keys; got {overrides!r}")
             continue
         overrides = _flatten_set(overrides)
-        errors.extend(f"{where} ({label!r}): {m}" for m in _key_errors(overrides))
+        errors.extend(f"{where} ({label!r}): {m}" for m in key_errors(overrides))
         out.append(Bundle(label, overrides))
     return tuple(out)
 
@@ -278,7 +246,7 @@ def _grid(axes: dict[str, Any], errors: list[str]) -> dict[str, list[Any]]:
         if key == "seed":
             errors.append("axes.grid: use axes.seeds: [...] for seeds, not a grid axis 'seed'")
             continue
-        errors.extend(f"axes.grid: {m}" for m in _key_errors({key: None}))
+        errors.extend(f"axes.grid: {m}" for m in key_errors({key: None}))
         if not isinstance(values, list):
             errors.append(f"axes.grid.{key} must be a list of values; got {values!r}")
             continue
@@ -288,7 +256,7 @@ def _grid(axes: dict[str, Any], errors: list[str]) -> dict[str, list[Any]]:
         if len({json.dumps(v, sort_keys=True, default=str) for v in values}) != len(values):
             errors.append(f"axes.grid.{key} lists a value twice: {values}")
         if key == "method.name":
-            errors.extend(_method_errors(values, f"axes.grid.{key}"))
+            errors.extend(method_errors(values, f"axes.grid.{key}"))
         grid[key] = values
     return grid
 
@@ -323,10 +291,11 @@ def _check_overlaps(variants, settings, grid, seeds, errors: list[str]) -> None:
     for where, bundles in (("axes.variants", variants), ("axes.settings", settings)):
         for b in bundles:
             if "method.name" in b.overrides:
-                errors.extend(_method_errors([b.overrides["method.name"]], f"{where} ({b.label!r})"))
+                errors.extend(method_errors([b.overrides["method.name"]], f"{where} ({b.label!r})"))
 
 
-def _method_errors(names: list[Any], where: str) -> list[str]:
+def method_errors(names: list[Any], where: str) -> list[str]:
+    """One message per unknown method name in ``names``, each prefixed with ``where``."""
     from orchestrator.methods import check_method_name
 
     errors = []
@@ -352,7 +321,8 @@ def _flatten_set(overrides: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _key_errors(overrides: dict[str, Any]) -> list[str]:
+def key_errors(overrides: dict[str, Any]) -> list[str]:
+    """One message per key of ``overrides`` that is not a run-config key (with the closest valid key)."""
     valid = all_keys()
     return [unknown_key_message(k, valid) for k in overrides if k not in set(valid)]
 
@@ -363,13 +333,14 @@ def _unknown(what: str, key: Any, valid: tuple[str, ...]) -> str:
     return f"unknown {what} {key!r}{hint} Valid: {list(valid)}"
 
 
-def _join(head: str, errors: list[str]) -> str:
+def join_errors(head: str, errors: list[str]) -> str:
+    """``head (N problems):`` and the first :data:`MAX_ERRORS_SHOWN` messages, one per line."""
     shown = errors[:MAX_ERRORS_SHOWN]
     more = f"\n  ... and {len(errors) - len(shown)} more" if len(errors) > len(shown) else ""
     return f"{head} ({len(errors)} problem{'s' if len(errors) != 1 else ''}):\n  " + "\n  ".join(shown) + more
 
 
-# ---------------------------------------------------------------------------------------------- expand
+# ------------------------------------------------------------------------------------------- --set
 def parse_overrides(items: list[str]) -> dict[str, Any]:
     """``["key=value", ...]`` (values parsed as YAML) -> ``{key: value}``; keys are checked."""
     out: dict[str, Any] = {}
@@ -378,112 +349,9 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
             raise SweepSpecError(f"--set expects key=value; got {item!r}")
         key, raw = item.split("=", 1)
         out[key.strip()] = load_yaml(raw) if raw.strip() else None
-    errors = _key_errors(out)
+    errors = key_errors(out)
     if errors:
-        raise SweepSpecError(_join("--set", errors))
+        raise SweepSpecError(join_errors("--set", errors))
     return out
 
 
-def expand(spec: SweepSpec, overrides: dict[str, Any] | None = None) -> list[TrialSpec]:
-    """Every trial of ``spec`` with ``overrides`` (``--set``) applied last; raises listing every bad trial."""
-    overrides = dict(overrides or {})
-    errors = _key_errors(overrides)
-    axis_keys = {k for b in spec.variants + spec.settings for k in b.overrides} | set(spec.grid)
-    errors += [f"--set {k}: the sweep's axes set {k} per trial; change the axes instead" for k in overrides
-               if k in axis_keys or (k == "seed" and spec.seeds is not None)]
-    if "method.name" in overrides:
-        errors += _method_errors([overrides["method.name"]], "--set")
-    if errors:
-        raise SweepSpecError(_join("the sweep cannot run", errors))
-    variants = spec.variants or (None,)
-    settings = spec.settings or (None,)
-    grid_points = [dict(zip(spec.grid, values)) for values in itertools.product(*spec.grid.values())]
-    seeds = spec.seeds if spec.seeds is not None else (None,)
-    trials: list[TrialSpec] = []
-    bad: dict[str, list[str]] = {}
-    for index, (variant, setting, point, seed) in enumerate(itertools.product(variants, settings, grid_points,
-                                                                              seeds)):
-        layers: dict[str, Any] = {}
-        for part in (variant.overrides if variant else {}, setting.overrides if setting else {}, point):
-            layers.update(part)
-        if seed is not None:
-            layers["seed"] = seed
-        layers.update(overrides)
-        label = variant.label if variant else None
-        setting_label = setting.label if setting else "default"
-        try:
-            cfg = build(RunConfig, apply_overrides(spec.base, layers))
-            _probe_method(cfg)
-        except (ValueError, TypeError) as err:
-            bad.setdefault(str(err), []).append(_where(index, label, setting_label, point, seed))
-            continue
-        label = label or cfg.method.name
-        trials.append(TrialSpec(index=index, trial_id=trial_id(index, label, setting_label, point, cfg.seed),
-                                label=label, setting=setting_label, seed=cfg.seed, axes=dict(point), config=cfg,
-                                headline=spec.metric))
-    if bad:
-        total = len(trials) + sum(len(w) for w in bad.values())
-        errors = [f"{message}  <- {_which(where, total)}" for message, where in bad.items()]
-        raise SweepSpecError(_join("invalid trials (nothing was started)", errors))
-    if not trials:
-        raise SweepSpecError("the sweep has zero trials")
-    return trials
-
-
-def _where(index: int, label: str | None, setting: str, point: dict[str, Any], seed: int | None) -> str:
-    parts = [p for p in (label, setting if setting != "default" else None) if p]
-    parts += [f"{k}={v}" for k, v in point.items()]
-    if seed is not None:
-        parts.append(f"seed {seed}")
-    return f"trial {index} ({' | '.join(parts) or 'base'})"
-
-
-def _which(where: list[str], total: int) -> str:
-    if len(where) == total and total > 1:
-        return f"all {total} trials"
-    shown = "; ".join(where[:3])
-    return shown + (f"; and {len(where) - 3} more trials" if len(where) > 3 else "")
-
-
-def _probe_method(cfg: RunConfig) -> None:
-    """Build the trial's method on a probe module: catches method/rank mismatches before any trial starts."""
-    from core.wire import ModuleSpec
-    from orchestrator.methods import build_method
-    from orchestrator.ranks import assign_ranks
-
-    size = 4 * cfg.ranks.max_rank + 8
-    ranks = assign_ranks(cfg.ranks, cfg.data.num_clients, cfg.seed)
-    build_method(cfg.method, [ModuleSpec("probe", size, size)], ranks, cfg.ranks.max_rank, cfg.seed)
-
-
-def trial_id(index: int, label: str, setting: str, point: dict[str, Any], seed: int) -> str:
-    """Stable, readable id: ``003-fedit-r-2-non-iid-dir-0.5-lr=0.001-s0`` (the index keeps it unique)."""
-    parts = [f"{index:03d}", slug(label)]
-    if setting != "default":
-        parts.append(slug(setting))
-    parts += [slug(f"{k.rsplit('.', 1)[-1]}={v}") for k, v in point.items()]
-    parts.append(f"s{seed}")
-    tid = "-".join(parts)
-    return tid if len(tid) <= 96 else tid[:88].rstrip("-") + "-" + hashlib.sha1(tid.encode()).hexdigest()[:7]
-
-
-def sweep_fingerprint(trials: list[TrialSpec]) -> str:
-    """Hash of every trial's id and full config except ``resources`` (the same sweep on another cluster)."""
-    items = [(t.trial_id, t.label, t.setting, json.dumps(t.axes, sort_keys=True, default=str),
-              t.config.fingerprint(exclude=("resources",))) for t in trials]
-    return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]
-
-
-def columns_of(trial: TrialSpec) -> dict[str, Any]:
-    """The identifying columns of a trial in the result tables (grid axes by dotted key + key config)."""
-    cfg = trial.config.to_dict()
-    out: dict[str, Any] = {"trial_id": trial.trial_id, "label": trial.label, "setting": trial.setting,
-                           "seed": trial.seed}
-    for key in ("method.name", "ranks.distribution", "data.partition", *trial.axes):
-        section, _, leaf = key.rpartition(".")
-        node = cfg
-        for part in section.split(".") if section else ():
-            node = node[part]
-        value = node[leaf]
-        out[key] = json.dumps(value) if isinstance(value, list | dict) else value
-    return out

@@ -12,10 +12,14 @@ fail-fast checks, before any trial starts; the resolved GPU share is written int
 asks for exactly the reserved share.
 
 The trainable writes into ``SWEEP_DIR/trials/<trial_id>/`` (a stable id from the trial's position and
-labels): the Experiment's own files and checkpoints, plus ``trial.json`` (status, rounds, wall time,
-error message). After every round it calls ``tune.report(round metrics)``; on rounds where the Experiment
-checkpointed it attaches a tiny Tune checkpoint that records the round. On restore it resumes the
-Experiment from its folder, which holds the real state; a finished trial is not rerun.
+labels): the Experiment's own files and checkpoints (the same files as a one-run folder: rounds.csv with
+its round-0 row, examples.parquet, summary.json ...), plus ``trial.json`` (status, rounds, wall time,
+error message, ``data_notes``). After every round it calls ``tune.report(round metrics)`` (rounds >= 1;
+the untrained model's round 0 is evaluated by the Experiment before and not reported); on rounds where
+the Experiment checkpointed it attaches a tiny Tune checkpoint that records the round. On restore it
+resumes the Experiment from its folder, which holds the real state; a finished trial is not rerun. The
+data notes (split deviations, truncation) are kept in ``trial.json`` (written after every round), and
+:class:`sweeps.progress.SweepProgress` prints each distinct note once on the sweep's console.
 """
 
 from __future__ import annotations
@@ -32,14 +36,14 @@ from typing import Any
 
 from core.files import atomic_write_text
 from orchestrator.config import RunConfig, build
-from sweeps.spec import TrialSpec
+from orchestrator.outputs import NON_SCALAR
+from sweeps.trials import TrialSpec
 from workers.resources import resolve_resources
 
 TRIALS_DIR = "trials"
 TUNE_DIR = "tune"
 TRIAL_STATE = "trial.json"
 PLACEMENT_FILE = "placement.json"
-NON_SCALAR = ("client_rows", "similarity")
 MAX_ERROR_CHARS = 2000
 
 
@@ -185,6 +189,7 @@ def run_trial(config: dict[str, Any], sweep_dir: str, plan: dict[str, dict[str, 
         tune_round = _tune_checkpoint_round()
         exp = Experiment(cfg, out, resume=True, cluster_resources=entry["cluster_resources"])
         state["setup_seconds"] = time.perf_counter() - t0
+        state["data_notes"] = exp.data_notes  # printed once on the sweep's console by SweepProgress
         if tune_round is not None and tune_round > exp.completed:
             raise RuntimeError(f"Tune's checkpoint says round {tune_round} but {out} holds {exp.completed} "
                                "rounds: the trial folder was replaced; start a new sweep folder")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from core.synthetic import synthetic_update
 from core.wire import ClientStart, ClientUpdate, ModuleSpec
 from orchestrator.method_config import MethodConfig
 from orchestrator.methods import build_method
@@ -17,18 +18,8 @@ def make(name: str, ranks: list[int], R: int = 4, seed: int = 0, modules=MODULES
 
 
 def trained(start: ClientStart, step: float = 0.1, n_examples: int | None = None) -> ClientUpdate:
-    """A deterministic stand-in for local training: every trainable factor moves by a seeded perturbation."""
-    g = torch.Generator().manual_seed(start.seed)
-    adapters = {}
-    for name, per_module in start.adapters.items():
-        adapters[name] = {}
-        for m, init in per_module.items():
-            B = init.B + step * torch.randn(init.B.shape, generator=g) if init.train_B else init.B.clone()
-            A = init.A + step * torch.randn(init.A.shape, generator=g) if init.train_A else init.A.clone()
-            adapters[name][m] = (B, A)
-    head = {k: v + step for k, v in start.head.items()} if start.head else None
-    n = n_examples if n_examples is not None else 10 + start.client_id
-    return ClientUpdate(start.client_id, start.round, adapters, n, 1.0, head, upload=start.upload)
+    """A deterministic stand-in for local training (``core.synthetic``); ``10 + client_id`` examples by default."""
+    return synthetic_update(start, step, 10 + start.client_id if n_examples is None else n_examples)
 
 
 def run_rounds(method, clients_per_round: list[list[int]], state: GlobalState | None = None,

@@ -23,12 +23,11 @@ from sweeps.run import SweepSetupError, check_out_dir, main, sweep_record
 from sweeps.spec import (
     SweepSpecError,
     available_presets,
-    expand,
     load_preset,
     parse_overrides,
     parse_spec,
-    sweep_fingerprint,
 )
+from sweeps.trials import expand, sweep_fingerprint
 from sweeps.tune_runner import SweepResourceError, plan_resources
 
 REPO = Path(__file__).resolve().parents[1]
@@ -260,12 +259,14 @@ def test_sweep_end_to_end_writes_tables(reference_sweep):
     assert "data.num_clients=40 needs at least 320 examples" in broken["error"]
     assert "Traceback" not in broken["error"] and broken["rounds_completed"] == 0
     # long results: one row per trial x round with every rounds.csv column
-    assert len(results) == 2 * 3
+    assert len(results) == 2 * 4  # round 0 (the untrained model) and rounds 1-3
     rounds_csv = pd.read_csv(out / "trials" / "000-fed-plora-iid-lr=0.001-s0" / "rounds.csv")
     expected = set(rounds_csv.columns) | {"trial_id", "status", "label", "setting", "seed", "train.lr",
                                           "method.name", "ranks.distribution", "data.partition"}
     assert expected <= set(results.columns)
-    assert list(results["round"]) == [1, 2, 3, 1, 2, 3]
+    assert list(results["round"]) == [0, 1, 2, 3, 0, 1, 2, 3]
+    trial = out / "trials" / "000-fed-plora-iid-lr=0.001-s0"  # the same files as a one-run folder
+    assert (trial / "examples.parquet").is_file() and "baselines" in json.loads((trial / "summary.json").read_text())
     assert set(results["method.name"]) == {"fedplora", "fedit"} and set(results["train.lr"]) == {0.001}
     # files of the sweep folder and compact progress (one line per finished trial)
     assert (out / "sweep.yaml").is_file() and (out / "trials" / "000-fed-plora-iid-lr=0.001-s0" / "adapter").is_dir()
