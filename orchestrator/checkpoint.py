@@ -8,9 +8,14 @@ Layout of ``DIR/checkpoint/``:
   state file, and the older state files are deleted only after it; a run killed at any moment leaves
   the previous checkpoint whole;
 - ``records.jsonl``: one JSON line per completed round (the round's metrics record), appended and
-  fsynced every round; a checkpoint of round ``k`` uses its first ``k`` lines (lines after them belong to
-  rounds that were never checkpointed and are dropped on resume). Appending keeps the cost of a round's
-  bookkeeping constant however many rounds were run.
+  fsynced every round, after a first line for round 0 (the untrained model's evaluation, written
+  before round 1); a checkpoint of round ``k`` uses the round-0 line and the next ``k`` lines (lines after
+  them belong to rounds that were never checkpointed and are dropped on resume; with no checkpoint yet
+  only the round-0 line is kept). Appending keeps the cost of a round's bookkeeping constant however many
+  rounds were run;
+- ``examples/round-<round>.parquet``: the per-example rows of each evaluated round
+  (:class:`orchestrator.outputs.ExampleFiles`), written before the round's record; on resume the files
+  of rounds after the checkpoint are deleted.
 
 Random streams need no saving: every draw derives from (seed, round, client, module).
 """
@@ -77,12 +82,32 @@ def append_record(folder: Path, record: dict[str, Any]) -> None:
 
 
 def read_records(folder: Path, count: int) -> list[dict[str, Any]]:
-    """The first ``count`` records of ``records.jsonl``; rewrites the file to hold exactly those."""
+    """The round-0 record (when present) and the records of rounds ``1..count`` of ``records.jsonl``.
+
+    Rewrites the file to hold exactly those (the lines after them belong to rounds that were never
+    checkpointed, or were cut short by a kill).
+    """
     path = folder / RECORDS_FILE
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.is_file() else []
-    if len(lines) < count:
-        raise FileNotFoundError(f"{path} holds {len(lines)} complete rounds but the checkpoint is of round {count}")
-    records = [json.loads(line) for line in lines[:count]]
-    if len(lines) > count:
-        atomic_write_text(path, "".join(lines[:count]))
+    head = 1 if lines and _round_of(lines[0]) == 0 else 0
+    if len(lines) - head < count:
+        raise FileNotFoundError(f"{path} holds {len(lines) - head} complete rounds but the checkpoint is of round "
+                                f"{count}")
+    keep = lines[: head + count]
+    records = [json.loads(line) for line in keep]
+    if len(lines) > len(keep):
+        atomic_write_text(path, "".join(keep))
     return records
+
+
+def write_records(folder: Path, records: list[dict[str, Any]]) -> None:
+    """Replace ``records.jsonl`` by ``records``, one line each (atomic)."""
+    atomic_write_text(folder / RECORDS_FILE, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def _round_of(line: str) -> int | None:
+    """The ``round`` of a complete JSON line; ``None`` for a line cut short by a kill."""
+    try:
+        return int(json.loads(line)["round"]) if line.endswith("\n") else None
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -9,7 +9,9 @@ actor (:data:`DriverActor`).
 Round ``t`` (0-based): sample ``floor(participation * N)`` clients uniformly without replacement from the
 stream (seed, "sample", t); build their ClientStarts; run them on free workers as workers free up;
 aggregate (updates in client-id order, so completion order never matters); measure noise and bytes;
-evaluate every ``eval_every`` rounds and after the last round.
+evaluate every ``eval_every`` rounds and after the last round. An evaluated round's record carries its
+per-example rows under ``"examples"``; :meth:`Driver.evaluate_initial` evaluates the untrained model
+(round 0), once per run.
 """
 
 from __future__ import annotations
@@ -24,18 +26,12 @@ from core.rng import generator
 from core.wire import ClientStart, ClientUpdate
 from orchestrator.config import RunConfig
 from orchestrator.methods import FederatedMethod, build_method
-from orchestrator.metrics import (
-    aggregation_noise,
-    init_noise_function,
-    init_noise_param,
-    module_cosine_similarity,
-    round_bytes,
-)
+from orchestrator.metrics import module_cosine_similarity, noise_metrics, round_bytes
 from orchestrator.pool import Job, WorkerPool
 from orchestrator.ranks import assign_ranks
 from orchestrator.state import GlobalState
 from workers.actor import make_worker
-from workers.eval_results import combine, shard_ranges
+from workers.eval_results import combine, example_rows, shard_ranges
 from workers.resources import resolve_resources
 
 
@@ -73,7 +69,8 @@ class Driver:
         self.client_ranks = assign_ranks(cfg.ranks, self.num_clients, cfg.seed)
         self.method: FederatedMethod = build_method(cfg.method, specs, self.client_ranks, cfg.ranks.max_rank,
                                                     cfg.seed)
-        self.state: GlobalState = self.method.init_global(head if cfg.method.train_head or head else None)
+        self.initial_head = head if cfg.method.train_head or head else None
+        self.state: GlobalState = self.method.init_global(self.initial_head)
         self.round = 0
         self.similarity_module = self._similarity_module()
 
@@ -119,7 +116,7 @@ class Driver:
 
         t0 = time.perf_counter()
         record: dict[str, Any] = {"round": t + 1, "method": cfg.method.name, "clients": len(clients)}
-        record.update(self._noise(starts, updates, agg.weights, agg.state) if cfg.metrics.noise else {})
+        record.update(noise_metrics(self.method, self.state, starts, agg) if cfg.metrics.noise else {})
         down, up = round_bytes(starts, updates)
         record.update(bytes_down=down, bytes_up=up)
         similarity = self._similarity(starts, updates)
@@ -150,45 +147,54 @@ class Driver:
             record["similarity"] = similarity
         return record
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, state: GlobalState | None = None, round_idx: int | None = None) -> dict[str, Any]:
         """Global model on the global test set; personalized models (if any) on their clients' test splits.
 
-        The global test set is split into one shard of whole batches per worker (``workers.eval_results``),
-        so evaluation uses every worker and its metrics are identical for any number of workers.
+        ``state`` defaults to the current global state and ``round_idx`` (the ``round`` of the per-example
+        rows) to the number of completed rounds. Returns the metrics and, under ``"examples"``, the
+        per-example rows as columns (``workers.eval_results.example_rows``: scope ``global`` with client -1,
+        then ``personal`` per client in client order). The global test set is split into one shard of whole
+        batches per worker (``workers.eval_results``), so evaluation uses every worker and its metrics and
+        rows are identical for any number of workers.
         """
-        deltas, head = self.method.global_delta(self.state), self.state.head()
+        state = self.state if state is None else state
+        round_idx = self.round if round_idx is None else round_idx
+        deltas, head = self.method.global_delta(state), state.head()
         shards = shard_ranges(int(self.data_info["global_test_size"]), self.cfg.train.eval_batch_size, len(self.pool))
         jobs = [Job("evaluate_shard", (deltas, head, None, a, b), f"evaluation of the global model (examples {a}-{b})")
                 for a, b in shards]
         personal_ids: list[int] = []
         if self.cfg.eval_personal:
             for c in range(self.num_clients):
-                personal = self.method.personal_delta(self.state, c)
+                personal = self.method.personal_delta(state, c)
                 if personal is not None:
                     personal_ids.append(c)
-                    jobs.append(Job("evaluate", (personal, head, c), f"personalized evaluation of client {c}"))
+                    jobs.append(Job("evaluate_shard", (personal, head, c), f"personalized evaluation of client {c}"))
         results = [r.value for r in self.pool.run(jobs)]
+        shard_results, personal_results = results[: len(shards)], results[len(shards):]
         renamed = {"loss": "eval_loss", "n_examples": "eval_examples"}
-        out = {renamed.get(k, k): v for k, v in combine(results[: len(shards)]).items()}
+        out: dict[str, Any] = {renamed.get(k, k): v for k, v in combine(shard_results).items()}
         if personal_ids:
-            personal_results = results[len(shards):]
-            for key in (k for k in personal_results[0] if k != "n_examples"):
-                values = [r[key] for r in personal_results]
-                out[f"personal_{key}"] = sum(values) / len(values)
+            per_client = [combine([p]) for p in personal_results]
+            for key in (k for k in per_client[0] if k != "n_examples"):
+                out[f"personal_{key}"] = sum(r[key] for r in per_client) / len(per_client)
             out["personal_clients"] = len(personal_ids)
+        blocks = [("global", -1, shard_results)]
+        blocks += [("personal", c, [p]) for c, p in zip(personal_ids, personal_results)]
+        out["examples"] = example_rows(blocks, round_idx)
         return out
+
+    def evaluate_initial(self) -> dict[str, Any]:
+        """Round 0: the untrained model, evaluated once per run as the baseline of every later round.
+
+        That is the method's initial global state (``init_global``: for every method ``W0`` plus initial
+        adapters with ``B = 0``, i.e. the base model with the initial head), whatever round the driver is
+        at (it is rebuilt from the seed). Returns the record ``{"round": 0, "method", metrics, "examples"}``.
+        """
+        state = self.state if self.round == 0 else self.method.init_global(self.initial_head)
+        return {"round": 0, "method": self.cfg.method.name, **self.evaluate(state, 0)}
 
     # -------------------------------------------------------------------------------------------- metrics
-    def _noise(self, starts: list[ClientStart], updates: list[ClientUpdate], weights: dict[int, float],
-               new_state: GlobalState) -> dict[str, float]:
-        glob, factors = self.method.global_delta(self.state), self.method.global_factors(self.state)
-        out = {"init_noise_fn": sum(init_noise_function(glob, s) for s in starts)}
-        params = [init_noise_param(factors, s) for s in starts]
-        out["init_noise_param"] = float("nan") if None in params else sum(params)  # type: ignore[arg-type]
-        out["agg_noise"] = aggregation_noise(self.method.global_delta(new_state), starts, updates, weights)
-        out.update(self.method.extra_noise(starts, updates))
-        return out
-
     def _similarity_module(self) -> str | None:
         name = self.cfg.metrics.similarity_module
         if name is None:

@@ -12,13 +12,16 @@ Definitions (Fed-PLoRA paper sec. 3.1 and 3.4; DESIGN.md section 4):
   own value. Needs the method's global factors (FLoRA's are the last round's stacked factors).
 - **Aggregation noise** (the paper's Eq. 3 on effective adapters): ``sum_m ||ideal_m - dW_new,m||_F`` with
   ``ideal = sum_i p_i (fold_i + s B_i A_i)``, the weighted mean (the method's aggregation weights
-  ``p_i``) of the clients' effective end-of-round deltas; ``dW_new`` is the new global delta. For
+  ``p_i``) of the clients' effective end-of-round deltas (the adapters as the server aggregated them, e.g.
+  after HETLoRA's pruning); ``dW_new`` is the new global delta. For
   Fed-PLoRA this differs from the paper's rank-wise form when some slot is not trained by every client
   (reference notes section 5, caveat 3); that form is :func:`fedplora_rankwise_noise`.
 - Per-round values are sums over the round's clients (init noise, as the paper's ``sum_{i in [v]}``).
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -101,6 +104,22 @@ def aggregation_noise(new_global: dict[ModuleName, Delta], starts: list[ClientSt
     return total
 
 
+def noise_metrics(method: Any, old_state: Any, starts: list[ClientStart], agg: Any) -> dict[str, float]:
+    """One round's noise metrics: ``init_noise_fn``, ``init_noise_param``, ``agg_noise`` and the method's extras.
+
+    ``method`` is a :class:`~orchestrator.methods.base.FederatedMethod`, ``old_state`` the state the round
+    started from and ``agg`` its :class:`~orchestrator.state.Aggregation`. The aggregation noise uses the
+    updates as the server aggregated them (``agg.used``, e.g. HETLoRA's pruned adapters), not as uploaded.
+    """
+    glob, factors = method.global_delta(old_state), method.global_factors(old_state)
+    out = {"init_noise_fn": sum(init_noise_function(glob, s) for s in starts)}
+    params = [init_noise_param(factors, s) for s in starts]
+    out["init_noise_param"] = float("nan") if None in params else sum(params)  # type: ignore[arg-type]
+    out["agg_noise"] = aggregation_noise(method.global_delta(agg.state), starts, agg.used, agg.weights)
+    out.update(method.extra_noise(starts, agg.used))
+    return out
+
+
 def fedplora_rankwise_noise(starts: list[ClientStart], updates: list[ClientUpdate]) -> float:
     """The paper's Fed-PLoRA aggregation noise, ``sum_m ||sum_j (1/|Q_j|) sum_{i in Q_j} (B_ij - B_j)(A_ij - A_j)||_F``.
 
@@ -172,5 +191,6 @@ __all__ = [
     "init_noise_function",
     "init_noise_param",
     "module_cosine_similarity",
+    "noise_metrics",
     "round_bytes",
 ]

@@ -5,8 +5,18 @@
     python -m orchestrator.run --config ... --out DIR --overwrite
 
 Writes ``DIR/config.yaml`` (fully resolved), ``rounds.csv``, ``clients.csv``, ``similarity.csv``,
-``partition.csv``, ``summary.json``, ``checkpoint/`` (every ``checkpoint_every`` rounds) and the final
-global adapter in PEFT format in ``DIR/adapter/``. Every bad input fails before any work starts.
+``partition.csv``, ``examples.parquet``, ``summary.json``, ``checkpoint/`` (every ``checkpoint_every``
+rounds) and the final global adapter in PEFT format in ``DIR/adapter/``. Every bad input fails before any
+work starts.
+
+Before round 1 the untrained model (the method's initial state) is evaluated once: rounds.csv's round-0
+row, round 0 of examples.parquet and ``summary.json``'s ``baselines.untrained``. Its record is the first
+line of ``checkpoint/records.jsonl`` and its rows ``checkpoint/examples/round-000000.parquet``, so a
+resumed run keeps it (also when no round was checkpointed yet) and never evaluates it again. Each evaluated
+round's per-example rows go to ``checkpoint/examples/round-<round>.parquet`` (files of rounds after the
+checkpoint are deleted on resume); the end of the run gathers them into ``examples.parquet``
+(:mod:`orchestrator.outputs`). The data notes of the workers (split deviations, truncation by
+``data.max_length``) are printed once at the start and written to ``summary.json`` (``data_notes``).
 """
 
 from __future__ import annotations
@@ -22,10 +32,18 @@ from typing import Any
 
 import yaml
 
-from orchestrator.checkpoint import META_FILE, append_record, load_checkpoint, read_records, save_checkpoint
+from orchestrator.checkpoint import (
+    META_FILE,
+    append_record,
+    load_checkpoint,
+    read_records,
+    save_checkpoint,
+    write_records,
+)
 from orchestrator.config import RunConfig, build, load_config
 from orchestrator.outputs import (
     RUN_MARKER,
+    ExampleFiles,
     RoundFiles,
     summarize,
     write_config,
@@ -34,6 +52,7 @@ from orchestrator.outputs import (
 )
 
 CHECKPOINT_DIR = "checkpoint"
+EXAMPLES_DIR = "examples"
 
 
 class RunSetupError(ValueError):
@@ -91,16 +110,23 @@ class Experiment:
 
         self.cfg, self.out = cfg, out
         self.fingerprint = cfg.fingerprint()
-        self.records: list[dict[str, Any]] = []
+        records: list[dict[str, Any]] = []
         start_state = None
         folder = out / CHECKPOINT_DIR
+        self.examples = ExampleFiles(out, folder / EXAMPLES_DIR)
         if resume and (folder / META_FILE).is_file():
             start_state, info = load_checkpoint(folder)
             if info.get("fingerprint") != self.fingerprint:
                 raise RunSetupError(f"the checkpoint in {folder} was written by a different config")
-            self.records = read_records(folder, int(info["round"]))
-        elif folder.is_dir():  # no round was checkpointed: start from round 1
+            records = read_records(folder, int(info["round"]))
+            self.examples.prune(int(info["round"]))
+        elif resume and folder.is_dir() and saved_fingerprint(out) == self.fingerprint:
+            records = read_records(folder, 0)  # no round was checkpointed: keep round 0, start from round 1
+            self.examples.prune(0)
+        elif folder.is_dir():
             shutil.rmtree(folder)
+        self.baseline: dict[str, Any] | None = records[0] if records and records[0]["round"] == 0 else None
+        self.records: list[dict[str, Any]] = [r for r in records if r["round"] >= 1]
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, cfg.to_dict(), self.fingerprint)
         self.t_start = time.perf_counter()
@@ -108,27 +134,56 @@ class Experiment:
         self.description = ray.get(self.driver.describe.remote())
         if start_state is not None:
             ray.get(self.driver.set_state.remote(start_state, len(self.records)))
+        if self.baseline is None or 0 not in self.examples.rounds():
+            self.baseline = self._evaluate_initial()
         import pandas as pd
 
         write_csv(pd.DataFrame(self.description["partition"]), out / "partition.csv")
         self.files = RoundFiles(out, self.description["similarity_module"])
-        self.files.rewrite(self.records)
+        self.files.rewrite(self.all_records)
         self.session_rounds, self.session_round_seconds = 0, 0.0
         self.startup_seconds = time.perf_counter() - self.t_start
 
     @property
     def completed(self) -> int:
+        """Number of completed (trained) rounds."""
         return len(self.records)
 
+    @property
+    def all_records(self) -> list[dict[str, Any]]:
+        """The round-0 record (the untrained model) followed by the records of the completed rounds."""
+        return ([self.baseline] if self.baseline is not None else []) + self.records
+
+    @property
+    def data_notes(self) -> list[str]:
+        """What the user must know about the data (split deviations, truncation), one sentence each."""
+        return list(self.description["data"].get("notes", []))
+
+    def _evaluate_initial(self) -> dict[str, Any]:
+        """Evaluate the untrained model (round 0) and keep its rows and record (written before round 1's)."""
+        import ray
+
+        record = ray.get(self.driver.evaluate_initial.remote())
+        self.examples.write(0, record.pop("examples"))
+        write_records(self.out / CHECKPOINT_DIR, [record] + self.records)
+        return record
+
     def step(self) -> dict[str, Any]:
-        """Run one round, append its rows and record, checkpoint when due; returns the round's record."""
+        """Run one round, append its rows and record, checkpoint when due; returns the round's record.
+
+        The round's per-example rows (an evaluated round's ``examples``) go to their own file first, and are
+        not part of the returned record.
+        """
         import ray
 
         t0 = time.perf_counter()
         record = ray.get(self.driver.run_round.remote())
+        examples = record.pop("examples", None)
+        if examples is not None:
+            self.examples.write(record["round"], examples)
         self.records.append(record)
         append_record(self.out / CHECKPOINT_DIR, record)
-        self.files.append(self.records)
+        self.files.append(self.all_records)
         if self.cfg.checkpoint_due(record["round"]):
             self.checkpoint()
         self.session_rounds += 1
@@ -143,7 +198,7 @@ class Experiment:
         save_checkpoint(self.out / CHECKPOINT_DIR, state, {"round": completed, "fingerprint": self.fingerprint})
 
     def finish(self) -> dict[str, Any]:
-        """Export the final global adapter (PEFT format) and write summary.json."""
+        """Export the final global adapter (PEFT format), gather examples.parquet and write summary.json."""
         import ray
 
         from workers.export import write_adapter
@@ -151,12 +206,13 @@ class Experiment:
         t0 = time.perf_counter()
         files = ray.get(self.driver.export_global.remote())
         write_adapter(files, self.out / "adapter")
+        self.examples.gather()
         wall = time.perf_counter() - self.t_start
         # measured piece by piece, so time spent between the calls (another run interleaved) does not count
         session = {"rounds": self.session_rounds, "rounds_seconds": self.session_round_seconds,
                    "seconds": self.startup_seconds + self.session_round_seconds + time.perf_counter() - t0}
-        summary = summarize(self.records, self.cfg.to_dict(), self.fingerprint, wall, self.description["num_workers"],
-                            session)
+        summary = summarize(self.all_records, self.cfg.to_dict(), self.fingerprint, wall,
+                            self.description["num_workers"], session, data=self.description["data"])
         write_summary(self.out, summary)
         return summary
 
@@ -183,6 +239,21 @@ def progress_line(record: dict[str, Any], total: int, elapsed: float, done_now: 
     return " ".join(parts)
 
 
+def baseline_line(record: dict[str, Any] | None) -> str:
+    """``[round 0] untrained: accuracy=0.64 mcc=0 eval_loss=0.69``."""
+    parts = [f"{k}={record[k]:.4g}" for k in ("accuracy", "mcc", "rouge_l", "eval_loss")
+             if record and k in record and record[k] == record[k]]
+    return "[round 0] untrained: " + (" ".join(parts) or "not evaluated")
+
+
+def saved_fingerprint(out: Path) -> str | None:
+    """The config fingerprint saved in ``out``'s config.yaml (``None`` when there is none)."""
+    marker = out / RUN_MARKER
+    if not marker.is_file():
+        return None
+    return (yaml.safe_load(marker.read_text()) or {}).get("fingerprint")
+
+
 def run(cfg: RunConfig, out: Path, resume: bool = False, log: Callable[[str], None] = print,
         **experiment_options: Any) -> dict[str, Any]:
     """Run (or continue) one experiment to its last round; returns the summary."""
@@ -191,6 +262,9 @@ def run(cfg: RunConfig, out: Path, resume: bool = False, log: Callable[[str], No
         log(f"{cfg.method.name}: {exp.description['data']['num_clients']} clients, {cfg.clients_per_round} per "
             f"round, ranks {sorted(set(exp.description['client_ranks']))}, {exp.description['num_workers']} workers, "
             f"rounds {exp.completed + 1}..{cfg.rounds} -> {out}")
+        log(baseline_line(exp.baseline))
+        for note in exp.data_notes:
+            log(f"data note: {note}")
         t0, first = time.perf_counter(), exp.completed
         while exp.completed < cfg.rounds:
             record = exp.step()

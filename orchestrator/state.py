@@ -7,6 +7,8 @@ from typing import Any
 
 from torch import Tensor
 
+from core.wire import ClientUpdate
+
 HEAD_PREFIX = "head/"
 
 
@@ -31,11 +33,16 @@ class GlobalState:
 
 @dataclass(frozen=True)
 class Aggregation:
-    """Result of one server aggregation step."""
+    """Result of one server aggregation step.
+
+    ``used``: the client updates as the server aggregated them, in client-id order (e.g. HETLoRA's
+    updates truncated to the pruned rank); the aggregation noise is measured on these effective adapters.
+    """
 
     state: GlobalState
     weights: dict[int, float]  # client id -> weight used for the "ideal" mean in the noise metric
     info: dict[str, Any] = field(default_factory=dict)
+    used: list[ClientUpdate] = field(default_factory=list)
 
 
 def _deepcopy_json(obj: Any) -> Any:

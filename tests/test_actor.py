@@ -108,6 +108,47 @@ def test_worker_exposes_specs_head_sizes_and_counts_only(local_worker):
     assert local_worker.data_info()["global_test_size"] == 12
 
 
+def test_data_info_counts_test_labels_truncation_and_split_notes():
+    """Label counts of the global test set, truncation by max_length and the split's warnings, as counts/text."""
+    import warnings
+
+    from workers.actor import ClientWorker
+    from workers.data_notes import truncation_stats
+    from workers.local_training import token_lengths
+    from workers.partition import PartitionWarning
+
+    cfg = DataConfig(dataset="csv", path=DATA.path, text_column="review", label_column="sentiment", num_clients=3,
+                     global_test_size=12, min_examples_per_client=12, partition="dirichlet", alpha=0.01,
+                     max_length=24)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", PartitionWarning)  # kept as a note, not printed by every worker
+        worker = ClientWorker(TINY, cfg, TRAIN, seed=0)
+    info = worker.data_info()
+    test = worker.data.global_test
+    assert info["global_test_label_counts"] == [sum(ex.label == k for ex in test) for k in (0, 1)]
+    assert sum(info["global_test_label_counts"]) == info["global_test_size"] == 12
+    lengths = [len(worker.trainer.tokenizer(ex.text)["input_ids"]) for ex in test]
+    assert token_lengths(worker.trainer.tokenizer, test, "classification") == lengths
+    cut = sorted(n - 24 for n in lengths if n > 24)
+    assert info["truncation"]["test"] == truncation_stats(lengths, 24) and info["truncation"]["test"]["cut"] == len(cut)
+    assert cut and info["truncation"]["test"]["max_cut"] == cut[-1]
+    assert info["truncation"]["train"]["examples"] == sum(len(c.train) for c in worker.data.clients)
+    topped = [n for n in info["notes"] if "topped up" in n]
+    assert len(topped) == 1 and topped[0] == worker.data.notes[0]
+    assert any(n.startswith("data.max_length=24 truncates ") and f"{len(cut)} of 12 test examples (by up to "
+               f"{cut[-1]} tokens" in n for n in info["notes"])
+
+
+def test_truncation_note_lists_only_cut_splits():
+    from workers.data_notes import truncation_note, truncation_stats
+
+    stats = {"train": truncation_stats([10, 30, 50, 20], 20), "test": truncation_stats([5, 6], 20)}
+    assert stats["train"] == {"examples": 4, "cut": 2, "max_cut": 30, "median_cut": 20.0}
+    assert truncation_note(stats, 20) == ("data.max_length=20 truncates 2 of 4 train examples (by up to 30 tokens, "
+                                          "median 20)")
+    assert truncation_note({"test": stats["test"]}, 20) is None
+
+
 def test_worker_trains_and_evaluates_global_and_client_splits(local_worker):
     update = local_worker.train(main_start(local_worker, 1, seed=3))
     deltas = {m: LowRankDelta(B, A) for m, (B, A) in update.adapters["main"].items()}

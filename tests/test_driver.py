@@ -56,6 +56,7 @@ def assert_same_run(a, b):
     pd.testing.assert_frame_equal(metrics_frame(a), metrics_frame(b))
     ca, cb = (pd.read_csv(x / "clients.csv").drop(columns=["compute_seconds", "restarts"]) for x in (a, b))
     pd.testing.assert_frame_equal(ca, cb)
+    pd.testing.assert_frame_equal(pd.read_parquet(a / "examples.parquet"), pd.read_parquet(b / "examples.parquet"))
 
 
 @pytest.fixture(scope="module")
@@ -68,17 +69,61 @@ def reference(tmp_path_factory):
 
 def test_one_run_writes_every_output(reference):
     out, summary = reference
-    for name in ("config.yaml", "rounds.csv", "clients.csv", "partition.csv", "summary.json", "similarity.csv"):
+    for name in ("config.yaml", "rounds.csv", "clients.csv", "partition.csv", "summary.json", "similarity.csv",
+                 "examples.parquet"):
         assert (out / name).is_file(), name
     rounds = pd.read_csv(out / "rounds.csv")
-    assert list(rounds["round"]) == [1, 2, 3]
-    assert (rounds["init_noise_fn"] < 1e-5).all()  # Fed-PLoRA: zero initialization noise
+    assert list(rounds["round"]) == [0, 1, 2, 3]  # round 0: the untrained model
+    assert (rounds["init_noise_fn"][1:] < 1e-5).all()  # Fed-PLoRA: zero initialization noise
     assert {"rouge_l", "bytes_down", "bytes_up", "agg_noise", "train_loss"} <= set(rounds.columns)
+    untrained = rounds.iloc[0]
+    assert untrained["rouge_l"] == untrained["rouge_l"] and untrained["eval_examples"] == 40
+    assert untrained[["train_loss", "agg_noise", "bytes_down", "t_round", "t_eval", "clients"]].isna().all()
     clients = pd.read_csv(out / "clients.csv")
     assert len(clients) == 3 * 3 and set(clients["rank"]) <= {1, 2, 4}
     assert summary["rounds"] == 3 and json.loads((out / "summary.json").read_text())["method"] == "fedplora"
+    assert summary["test_examples"] == 40 and isinstance(summary["data_notes"], list)
+    assert summary["baselines"] == {"majority_class": None, "majority_rate": None, "minority_rate": None,
+                                    "untrained": {"rouge_l": untrained["rouge_l"], "eval_loss": untrained["eval_loss"]}}
+    assert summary["final"]["round"] == 3 and summary["best"]["rouge_l"] == rounds["rouge_l"][1:].max()
     cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
     assert cfg["r"] == 4 and (out / "adapter" / "adapter_model.safetensors").is_file()
+
+
+def test_examples_parquet_holds_every_evaluated_example(reference):
+    out, _ = reference
+    examples = pd.read_parquet(out / "examples.parquet")
+    assert list(examples.columns) == ["round", "scope", "client", "example", "label", "prediction", "score", "loss"]
+    assert examples.dtypes.astype(str).tolist() == ["int64", "str", "int64", "int64", "int64", "int64", "float64",
+                                                    "float64"]
+    rounds = pd.read_csv(out / "rounds.csv")
+    assert examples["round"].unique().tolist() == [0, 1, 2, 3]  # eval_every=1 and the untrained model
+    for r, rows in examples.groupby("round"):
+        assert rows["example"].tolist() == list(range(40)) and (rows["scope"] == "global").all()
+        assert (rows["client"] == -1).all() and (rows["label"] == -1).all() and (rows["prediction"] == -1).all()
+        assert rows["score"].mean() == pytest.approx(rounds.loc[rounds["round"] == r, "rouge_l"].item())
+    assert sorted(p.name for p in (out / "checkpoint" / "examples").iterdir())[:2] == [
+        "round-000000.parquet", "round-000001.parquet"]
+
+
+def test_personal_examples_are_each_clients_own_test_split():
+    driver = Driver(smoke("method.name=pfedlora", "eval_every=1", rounds=1))
+    try:
+        initial = driver.evaluate_initial()
+        assert initial["round"] == 0 and set(initial["examples"]["scope"]) == {"global"}  # no private adapter yet
+        record = driver.run_round()
+        rows = pd.DataFrame(record["examples"])
+        personal = rows[rows["scope"] == "personal"]
+        sizes = {r["client"]: r["n_test"] for r in driver.partition}
+        trained = sorted(r["client"] for r in record["client_rows"])
+        assert sorted(personal["client"].unique()) == trained and record["personal_clients"] == len(trained)
+        for c, part in personal.groupby("client"):
+            assert part["example"].tolist() == list(range(sizes[c]))
+        per_client = personal.groupby("client")["score"].mean()
+        assert per_client.mean() == pytest.approx(record["personal_rouge_l"])
+        assert rows.loc[rows["scope"] == "global", "score"].mean() == pytest.approx(record["rouge_l"])
+    finally:
+        driver.shutdown()
 
 
 @pytest.mark.parametrize("workers", [1, 4])
@@ -127,8 +172,25 @@ def test_resume_after_kill_equals_uninterrupted(reference, tmp_path):
     with open(folder / "records.jsonl", "a") as f:
         f.write(json.dumps({"round": 3, "method": "fedplora", "accuracy": 1.0}) + "\n" + '{"round": 4, "meth')
     (folder / "state-000003.safetensors").write_bytes(b"half a file")
+    stale = pd.read_parquet(folder / "examples" / "round-000002.parquet").assign(round=4, score=-1.0)
+    stale.to_parquet(folder / "examples" / "round-000004.parquet")  # rows of a round after the checkpoint
+    round0 = (folder / "examples" / "round-000000.parquet").stat().st_mtime_ns
     assert main(["--resume", str(part), "--set", "rounds=3"]) == 0  # ... continued to round 3
     assert [p.name for p in folder.glob("state-*")] == ["state-000003.safetensors"]
+    assert (folder / "examples" / "round-000000.parquet").stat().st_mtime_ns == round0  # round 0 not redone
+    assert_same_run(reference[0], part)
+
+
+def test_resume_before_any_checkpoint_keeps_round_0(reference, tmp_path):
+    part = tmp_path / "part"
+    run_quiet(smoke(rounds=1), part)
+    folder = part / "checkpoint"  # killed in round 1 before its checkpoint committed
+    for name in ("state.json", *(p.name for p in folder.glob("state-*"))):
+        (folder / name).unlink()
+    round0 = (folder / "examples" / "round-000000.parquet").stat().st_mtime_ns
+    run_quiet(smoke(), part, resume=True)
+    assert (folder / "examples" / "round-000000.parquet").stat().st_mtime_ns == round0
+    assert [json.loads(line)["round"] for line in (folder / "records.jsonl").read_text().splitlines()] == [0, 1, 2, 3]
     assert_same_run(reference[0], part)
 
 
@@ -164,8 +226,8 @@ def test_minilm_fedplora_accuracy_rises_over_rounds(tmp_path):
     run_quiet(load_config("configs/minilm_fedplora.yaml", MINILM_RISING), out)
     rounds = pd.read_csv(out / "rounds.csv").dropna(subset=["accuracy"])
     print(rounds[["round", "accuracy", "mcc", "eval_loss", "train_loss"]].to_string(index=False))
-    assert list(rounds["round"]) == [2, 4, 6, 8, 10, 12]
-    first, last = rounds.iloc[0], rounds.iloc[-1]
+    assert list(rounds["round"]) == [0, 2, 4, 6, 8, 10, 12]  # round 0: the untrained model
+    first, last = rounds.iloc[1], rounds.iloc[-1]
     assert last["accuracy"] >= first["accuracy"] + 0.05  # measured: 0.64 -> 0.755
     assert last["mcc"] > first["mcc"] + 0.2 and last["eval_loss"] < first["eval_loss"]
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from workers.eval_results import EvalPartial, combine, shard_ranges
+from workers.eval_results import EXAMPLE_COLUMNS, EvalPartial, combine, example_rows, shard_ranges
 
 
 @pytest.mark.parametrize("n,batch,shards,expected", [
@@ -32,3 +32,21 @@ def test_combine_hand_case():
         combine([a, c])
     with pytest.raises(ValueError, match="at least one"):
         combine([])
+
+
+def test_example_rows_hand_case():
+    a = EvalPartial("classification", [0.5, 1.5], [1, 1], preds=[1, 0], labels=[1, 1])
+    b = EvalPartial("classification", [1.0], [1], preds=[0], labels=[0])
+    c = EvalPartial("causal_lm", [3.0, 1.0], [2, 4], rouge=[1.0, 0.25])
+    rows = example_rows([("global", -1, [a, b]), ("personal", 2, [a])], round_idx=3)
+    assert rows == {"round": [3] * 5, "scope": ["global"] * 3 + ["personal"] * 2, "client": [-1, -1, -1, 2, 2],
+                    "example": [0, 1, 2, 0, 1], "label": [1, 1, 0, 1, 1], "prediction": [1, 0, 0, 1, 0],
+                    "score": [1.0, 0.0, 1.0, 1.0, 0.0], "loss": [0.5, 1.5, 1.0, 0.5, 1.5]}
+    assert tuple(rows) == EXAMPLE_COLUMNS
+    causal = example_rows([("global", -1, [c])], round_idx=0)
+    assert causal["label"] == causal["prediction"] == [-1, -1]
+    assert causal["score"] == [1.0, 0.25] and causal["loss"] == [1.5, 0.25]
+    # the same rows whatever the shards
+    assert example_rows([("global", -1, [a, b])], 1) == example_rows([("global", -1, [
+        EvalPartial("classification", [0.5], [1], preds=[1], labels=[1]),
+        EvalPartial("classification", [1.5, 1.0], [1, 1], preds=[0, 0], labels=[1, 0])])], 1)

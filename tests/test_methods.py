@@ -1,5 +1,6 @@
 """Exact algebra of every federated method (driver-side, pure torch)."""
 
+import json
 import math
 
 import pytest
@@ -9,6 +10,7 @@ from method_helpers import MODULES, make, random_state, run_rounds, trained
 from core.wire import ModuleSpec
 from orchestrator.linalg import factored_svd
 from orchestrator.methods import available_methods
+from orchestrator.state import GlobalState
 from orchestrator.update_checks import InvalidClientUpdate
 
 F64 = torch.float64
@@ -297,6 +299,21 @@ def test_bad_update_rejected_with_client_id_and_state_untouched(name, corrupt):
     assert err.value.client_id == 1
     for k, v in state.tensors.items():
         assert torch.equal(v, before[k])
+
+
+@pytest.mark.parametrize("name", ["fedplora", "flora", "flexlora", "hetlora", "fedit", "ffa_lora", "pfedlora"])
+def test_aggregate_never_changes_a_float64_state_in_place(name):
+    """``.to(float64)`` of a float64 tensor is the tensor itself: a rule must not update it in place."""
+    m = make(name, [4, 4, 4] if name == "fedit" else [1, 2, 4], R=4)
+    state, _ = run_rounds(m, [[0, 1, 2]], state=random_state(m))  # every kind of state tensor exists
+    state = GlobalState({k: v.to(F64) for k, v in state.tensors.items()}, state.meta)
+    before = {k: v.clone() for k, v in state.tensors.items()}
+    meta = json.dumps(state.meta, sort_keys=True)
+    starts = [m.client_start(state, c, 1) for c in (0, 1, 2)]
+    m.aggregate(state, starts, [trained(s) for s in starts])
+    assert state.tensors.keys() == before.keys() and json.dumps(state.meta, sort_keys=True) == meta
+    for k, v in state.tensors.items():
+        assert v.dtype == F64 and torch.equal(v, before[k]), k
 
 
 def test_zero_updates_is_an_error():

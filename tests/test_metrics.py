@@ -11,6 +11,7 @@ from orchestrator.metrics import (
     init_noise_function,
     init_noise_param,
     module_cosine_similarity,
+    noise_metrics,
     round_bytes,
 )
 
@@ -32,6 +33,24 @@ def test_fedit_aggregation_noise_hand_case():
     # (B, A) = (2, 1) and (4, 3): ideal mean of products = (2 + 12) / 2 = 7; FedIT gives 3 * 2 = 6
     m, starts, updates, agg = _scalar_round("fedit", [(2.0, 1.0), (4.0, 3.0)], weighting="uniform")
     assert aggregation_noise(m.global_delta(agg.state), starts, updates, agg.weights) == pytest.approx(1.0)
+
+
+def test_hetlora_aggregation_noise_uses_the_pruned_adapters_the_server_aggregated():
+    # one 1x1 module, R = 2, global B = [1, 1], A = [1; 1]; client 0's tail shrank (1 -> 0.5): pruned to rank 1
+    m = make("hetlora", [2, 2], R=2, modules=ONE, weighting="uniform")
+    state = m.init_global()
+    state.tensors["q/B"], state.tensors["q/A"] = torch.tensor([[1.0, 1.0]]), torch.tensor([[1.0], [1.0]])
+    starts = [m.client_start(state, c, 0) for c in (0, 1)]
+    A = torch.tensor([[1.0], [1.0]])
+    updates = [ClientUpdate(0, 0, {"main": {"q": (torch.tensor([[2.0, 0.5]]), A)}}, 1, 0.0),
+               ClientUpdate(1, 0, {"main": {"q": (torch.tensor([[1.0, 2.0]]), A.clone())}}, 1, 0.0)]
+    agg = m.aggregate(state, starts, updates)
+    assert agg.state.meta["ranks"] == {"0": 1, "1": 2}
+    assert [tuple(u.adapters["main"]["q"][0].shape) for u in agg.used] == [(1, 1), (1, 2)]
+    # server: B = [1.5, 1], A = [1; 0.5] -> 2.0; effective client deltas 2 and 3 -> ideal 2.5
+    assert noise_metrics(m, state, starts, agg)["agg_noise"] == pytest.approx(0.5)
+    # measured on the full uploads (2.5 and 3) it would be 0.75
+    assert aggregation_noise(m.global_delta(agg.state), starts, updates, agg.weights) == pytest.approx(0.75)
 
 
 def test_flora_aggregation_noise_is_zero_and_fedit_is_not():

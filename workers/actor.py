@@ -23,6 +23,7 @@ from torch import Tensor
 
 from core.wire import ClientStart, ClientUpdate, Delta, ModuleSpec
 from workers.data_config import DataConfig
+from workers.data_notes import collect_notes
 from workers.memory import release_freed_memory
 from workers.models import ModelConfig, head_state, load_model
 from workers.resources import ResourceConfig, WorkerResources, resolve_resources
@@ -47,7 +48,11 @@ class ClientWorker:
         torch.set_num_threads(max(1, int(num_threads)))
         self.seed = int(seed)
         self.model_cfg = model_cfg
-        self.data = data if data is not None else load_federated(data_cfg, self.seed)
+        built, caught = collect_notes(lambda: data if data is not None else load_federated(data_cfg, self.seed))
+        self.data: FederatedData = built
+        self.notes = list(dict.fromkeys([*self.data.notes, *caught]))
+        self.max_length = data_cfg.max_length
+        self._data_info: dict[str, Any] | None = None
         self.num_labels = self.data.num_labels if self.data.task == "classification" else None
         loaded = load_model(model_cfg, self.data.task, self.num_labels, self.seed)
         self.trainer = LocalTrainer(loaded, train_cfg, data_cfg.max_length, _assigned_device())
@@ -76,9 +81,31 @@ class ClientWorker:
         return partition_summary(self.data).to_dict("records")
 
     def data_info(self) -> dict[str, Any]:
-        """Task, number of labels and clients, size of the global test set (counts only)."""
-        return {"task": self.data.task, "num_labels": self.data.num_labels, "label_names": self.data.label_names,
-                "num_clients": self.data.num_clients, "global_test_size": len(self.data.global_test)}
+        """Counts and notes only: task, labels, clients, the global test set's size and label counts, truncation.
+
+        ``global_test_label_counts``: examples per class id in the global test set (``None`` for a causal
+        LM). ``truncation``: per split (``train``: the clients' train splits, ``test``: the global test set,
+        ``personal test``: the clients' test splits), :func:`workers.data_notes.truncation_stats` at
+        ``data.max_length``. ``notes``: what the user must know about the data (the split's deviations,
+        e.g. a Dirichlet top-up, and the truncation), one sentence each.
+        """
+        if self._data_info is None:
+            from workers.data_notes import label_counts, truncation_note, truncation_stats
+            from workers.local_training import token_lengths
+
+            d, tok = self.data, self.trainer.tokenizer
+            splits = {"train": [ex for c in d.clients for ex in c.train], "test": d.global_test,
+                      "personal test": [ex for c in d.clients for ex in c.test]}
+            truncation = {name: truncation_stats(token_lengths(tok, examples, d.task), self.max_length)
+                          for name, examples in splits.items()}
+            note = truncation_note(truncation, self.max_length)
+            self._data_info = {
+                "task": d.task, "num_labels": d.num_labels, "label_names": d.label_names,
+                "num_clients": d.num_clients, "global_test_size": len(d.global_test),
+                "global_test_label_counts": label_counts(d.global_test, d.num_labels)
+                if d.task == "classification" else None,
+                "truncation": truncation, "notes": self.notes + ([note] if note else [])}
+        return self._data_info
 
     def train(self, start: ClientStart) -> ClientUpdate:
         """Run ``start`` on its client's local train split."""

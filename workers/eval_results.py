@@ -12,6 +12,10 @@ it was split). Hence the metrics are identical for any number of shards, i.e. of
   (number of target tokens).
 
 Only predictions, labels and per-example scores leave a worker: no text, no token ids.
+
+:func:`example_rows` turns the shards of one evaluation into per-example records (columns
+:data:`EXAMPLE_COLUMNS`), the raw material of paired statistics; like the metrics they are identical for
+any number of shards.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from workers.task_metrics import accuracy, matthews_corrcoef
+
+EXAMPLE_COLUMNS = ("round", "scope", "client", "example", "label", "prediction", "score", "loss")
 
 
 @dataclass
@@ -70,3 +76,34 @@ def combine(partials: Sequence[EvalPartial]) -> dict[str, float]:
                 "n_examples": n}
     rouge = [x for p in partials for x in p.rouge]
     return {"rouge_l": math.fsum(rouge) / len(rouge), "loss": loss, "n_examples": n}
+
+
+def example_rows(blocks: Sequence[tuple[str, int, Sequence[EvalPartial]]], round_idx: int) -> dict[str, list]:
+    """Per-example records of one evaluation, as columns (:data:`EXAMPLE_COLUMNS`) of equal length.
+
+    ``blocks``: ``(scope, client, partials)`` per evaluated model, e.g. ``("global", -1, shards)`` for the
+    global model on the global test set and ``("personal", c, [partial])`` for client ``c``'s personalized
+    model on its own test split; a block's shards are concatenated in order, so ``example`` is the index in
+    that test set. ``label`` / ``prediction`` are class ids (-1 for a causal LM); ``score`` is the
+    correctness (1.0 / 0.0) for classification and the example's ROUGE-L for a causal LM; ``loss`` is the
+    example's mean loss (its summed loss over its number of terms).
+    """
+    cols: dict[str, list] = {c: [] for c in EXAMPLE_COLUMNS}
+    for scope, client, partials in blocks:
+        n = sum(len(p) for p in partials)
+        cols["round"] += [int(round_idx)] * n
+        cols["scope"] += [scope] * n
+        cols["client"] += [int(client)] * n
+        cols["example"] += list(range(n))
+        if all(p.task == "classification" for p in partials):
+            preds = [int(x) for p in partials for x in p.preds]
+            labels = [int(y) for p in partials for y in p.labels]
+            cols["label"] += labels
+            cols["prediction"] += preds
+            cols["score"] += [1.0 if x == y else 0.0 for x, y in zip(preds, labels)]
+        else:
+            cols["label"] += [-1] * n
+            cols["prediction"] += [-1] * n
+            cols["score"] += [float(x) for p in partials for x in p.rouge]
+        cols["loss"] += [s / c if c else math.nan for p in partials for s, c in zip(p.loss_sums, p.loss_counts)]
+    return cols

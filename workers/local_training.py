@@ -307,6 +307,23 @@ def causal_batch(tokenizer: Any, examples: Sequence[Any], max_length: int) -> di
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def token_lengths(tokenizer: Any, examples: Sequence[Any], task: str) -> list[int]:
+    """Each example's length in tokens before ``max_length`` truncation, as the batches above build it.
+
+    Classification: ``text`` (+ ``text_pair``) with the special tokens; causal LM: prompt + target + eos.
+    """
+    if not examples:
+        return []
+    if task == "classification":
+        texts = [ex.text for ex in examples]
+        pairs = [getattr(ex, "text_pair", None) for ex in examples]
+        pairs_arg = [p or "" for p in pairs] if any(p is not None for p in pairs) else None
+        return [len(ids) for ids in tokenizer(texts, pairs_arg, verbose=False)["input_ids"]]
+    prompts = tokenizer([prompt_of(ex) for ex in examples], verbose=False)["input_ids"]
+    targets = tokenizer([str(ex.target) for ex in examples], add_special_tokens=False, verbose=False)["input_ids"]
+    return [len(p) + len(t) + 1 for p, t in zip(prompts, targets)]
+
+
 def batch_indices(n: int, batch_size: int, gen: torch.Generator) -> Iterator[list[int]]:
     """Endless batches of example indices: successive seeded permutations, the last batch of each may be short."""
     while n > 0:

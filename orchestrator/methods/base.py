@@ -116,6 +116,14 @@ class FederatedMethod(ABC):
         """Client ``client_id``'s rank in the round that starts from ``state``."""
         return self.client_ranks[client_id]
 
+    def used_updates(self, new_state: GlobalState, pairs: list[Pair]) -> list[ClientUpdate]:
+        """The updates as the aggregation that produced ``new_state`` used them (as received by default).
+
+        A method that changes an update on the server before aggregating it (HETLoRA's pruning) returns
+        the changed one: the aggregation noise is measured on these effective adapters.
+        """
+        return [u for _, u in pairs]
+
     def aggregate(self, state: GlobalState, starts: list[ClientStart],
                   updates: list[ClientUpdate]) -> Aggregation:
         """Validate every update against its start, then aggregate adapters and head into a new state.
@@ -128,7 +136,7 @@ class FederatedMethod(ABC):
             validate_update(start, update)
         new_state, weights = self.aggregate_adapters(state, pairs)
         new_state.tensors.update(aggregate_head(state, pairs))
-        return Aggregation(new_state, weights)
+        return Aggregation(new_state, weights, used=self.used_updates(new_state, pairs))
 
     # ---- helpers for subclasses -----------------------------------------------------------------------
     def start_common(self, state: GlobalState, client_id: int, round_idx: int) -> StartCommon:

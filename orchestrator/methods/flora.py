@@ -47,7 +47,8 @@ class FLoRA(FederatedMethod):
             B_stack, A_stack = stack_factors(pairs, m, weights)
             new.tensors[f"{m}/B_stack"] = B_stack.to(torch.float32)
             new.tensors[f"{m}/A_stack"] = A_stack.to(torch.float32)
-            dW = state.tensors[f"{m}/dW"].to(torch.float64).addmm_(B_stack, A_stack, alpha=self.scale)
+            # out of place: ``.to(float64)`` of a float64 state is the state's own tensor
+            dW = torch.addmm(state.tensors[f"{m}/dW"].to(torch.float64), B_stack, A_stack, alpha=self.scale)
             new.tensors[f"{m}/dW"] = dW.to(torch.float32)
         return new, weights
 

@@ -9,18 +9,20 @@
 - Sparsity-weighted zero-padded aggregation: ``p_i = ||S_i|| / sum_j ||S_j||`` with
   ``||S_i|| = sum_m ||s B_im A_im||_F`` (one scalar per client, over modules; ``weighting = sparsity``,
   the default), or ``data`` / ``uniform`` weights;
-  ``B = sum_i p_i pad(B_i)``, ``A = sum_i p_i pad(A_i)``. A slot that no participant holds keeps its
-  previous value (plain zero-padding would wipe it).
+  ``B = sum_i p_i pad(B_i)``, ``A = sum_i p_i pad(A_i)`` over the (pruned) uploads. A slot that no
+  participant holds keeps its previous value (plain zero-padding would wipe it). The pruned uploads are
+  :meth:`HETLoRA.used_updates`, so the aggregation noise is measured on what the server aggregated.
 The evaluated model is ``W0 + s B A`` at rank R.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import torch
 
-from core.wire import ClientStart, TailPenalty
+from core.wire import ClientStart, ClientUpdate, TailPenalty
 from orchestrator.linalg import frobenius_of_product
 from orchestrator.methods.base import FactoredMethod, Pair, padded_sum
 from orchestrator.methods.registry import register
@@ -81,17 +83,28 @@ class HETLoRA(FactoredMethod):
             weights = sparsity_weights(pairs, kept, self.scale)
         else:
             weights = self.client_weights(pairs)
+        used = self.used_updates(new, pairs)
         for m in self.modules:
             B_old, A_old = self.factors(state, m)
             ups_B, ups_A = [], []
-            for start, update in pairs:
-                r = kept[start.client_id]
+            for update in used:
                 B, A = update.adapters["main"][m]
-                ups_B.append((list(range(r)), B[:, :r], weights[start.client_id]))
-                ups_A.append((list(range(r)), A[:r, :], weights[start.client_id]))
+                slots = list(range(A.shape[0]))
+                ups_B.append((slots, B, weights[update.client_id]))
+                ups_A.append((slots, A, weights[update.client_id]))
             new.tensors[f"{m}/B"] = padded_sum(B_old, 1, ups_B)
             new.tensors[f"{m}/A"] = padded_sum(A_old, 0, ups_A)
         return new, weights
+
+    def used_updates(self, new_state: GlobalState, pairs: list[Pair]) -> list[ClientUpdate]:
+        """Each update truncated to the client's rank after pruning (``new_state.meta["ranks"]``)."""
+        ranks = new_state.meta.get("ranks", {})
+        out = []
+        for start, update in pairs:
+            r = int(ranks.get(str(start.client_id), start.rank))
+            main = {m: (B[:, :r], A[:r, :]) for m, (B, A) in update.adapters["main"].items()}
+            out.append(replace(update, adapters={**update.adapters, "main": main}))
+        return out
 
 
 def sparsity_weights(pairs: list[Pair], ranks: dict[int, int], scale: float) -> dict[int, float]:
