@@ -11,9 +11,19 @@ Notebook use::
     sweep.similarity     # similarity.csv of every trial that wrote one, with a trial_id column
     print(format_table(comparison_table(sweep.results, metric="accuracy"), fmt="text"))
 
+    sweep.examples       # examples.parquet of every trial (per test example: round, scope, client, example,
+                         # label, prediction, score, loss), read on first use; sweep.load_examples({id: rounds})
+    sweep.baselines      # one row per trial: test_examples, majority_class/rate, minority_rate, untrained_*
+    sweep.name           # the sweep's name (sweep.yaml), else the folder's
+
     run = load_run("runs/fedplora")        # one orchestrator.run folder
-    run.rounds, run.clients, run.similarity, run.partition, run.config, run.summary, run.label
+    run.rounds, run.clients, run.similarity, run.partition, run.config, run.summary, run.label, run.examples
     run.as_results()                       # the same long format as a sweep's results
+
+Round 0 of ``rounds.csv`` (when present) is the untrained model's evaluation; ``summary.json`` may carry
+``baselines`` (majority class and rate, minority rate, the untrained model's metrics), ``test_examples``
+and ``data_notes`` (warnings from splitting and truncation). Folders written before these existed load
+the same way, with empty example frames and no baselines.
 
 Trial status: ``trial_state`` maps the raw status (Ray Tune's ``TERMINATED`` / ``ERROR`` / ``RUNNING`` ...,
 case-insensitive) to ``ok``, ``failed`` or ``incomplete``. Comparisons use ``ok`` trials only (a frame
@@ -28,7 +38,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +51,10 @@ import yaml
 log = logging.getLogger(__name__)
 
 RUN_MARKER = "config.yaml"
+EXAMPLES_FILE = "examples.parquet"
+EXAMPLE_COLUMNS = {"round": "int64", "scope": "object", "client": "int64", "example": "int64", "label": "int64",
+                   "prediction": "int64", "score": "float64", "loss": "float64"}
+BASELINE_KEYS = ("majority_class", "majority_rate", "minority_rate")
 TOP_LEVEL_KEYS = ("seed", "rounds", "participation", "eval_every", "eval_personal", "checkpoint_every")
 # Columns that must hold integers (nullable where a round has no evaluation).
 INT_COLUMNS = ("round", "clients", "bytes_down", "bytes_up", "eval_examples", "personal_clients",
@@ -92,6 +108,16 @@ class RunResult:
         """``TERMINATED`` once summary.json exists (the run finished), else ``INCOMPLETE``."""
         return "TERMINATED" if self.summary else "INCOMPLETE"
 
+    @cached_property
+    def examples(self) -> pd.DataFrame:
+        """examples.parquet (every evaluated round), empty with the contract's columns when absent."""
+        return read_examples(self.path)
+
+    @property
+    def baselines(self) -> pd.DataFrame:
+        """One row (this run): test_examples, majority_class/rate, minority_rate, untrained_<metric>, data_notes."""
+        return baselines_frame({self.path.name: self.summary})
+
     def flat_config(self) -> dict[str, Any]:
         """The config as dotted keys (``method.name``, ``data.alpha``, ...), without the fingerprint."""
         return {k: v for k, v in flatten_config(self.config).items() if k != "fingerprint"}
@@ -116,6 +142,32 @@ class SweepResult:
     similarity: pd.DataFrame = field(default_factory=pd.DataFrame)
     partition: pd.DataFrame = field(default_factory=pd.DataFrame)
     config: dict[str, Any] = field(default_factory=dict)
+    baselines: pd.DataFrame = field(default_factory=pd.DataFrame)
+
+    @property
+    def name(self) -> str:
+        """The sweep's name (``spec.name`` in sweep.yaml), else the folder's name."""
+        spec = self.config.get("spec") if isinstance(self.config.get("spec"), dict) else self.config
+        return str(spec.get("name") or self.path.name)
+
+    @cached_property
+    def examples(self) -> pd.DataFrame:
+        """examples.parquet of every trial folder (all rounds) with a trial_id column; see :meth:`load_examples`."""
+        return self.load_examples()
+
+    def load_examples(self, rounds: dict[str, Iterable[int]] | None = None) -> pd.DataFrame:
+        """Per-example records of the trials, only the given rounds per trial when ``rounds`` is given.
+
+        ``rounds``: ``{trial_id: [0, 10]}``; trials not in it are skipped. Trials without the file add nothing.
+        """
+        ids = sorted(rounds) if rounds is not None else sorted(p.name for p in (self.path / "trials").glob("*"))
+        frames = []
+        for trial_id in ids:
+            frame = read_examples(self.path / "trials" / str(trial_id), None if rounds is None else rounds[trial_id])
+            if len(frame):
+                frames.append(frame.assign(trial_id=str(trial_id)))
+        return pd.concat(frames, ignore_index=True) if frames else read_examples(self.path / "none").assign(
+            trial_id=pd.Series(dtype=str))
 
     @property
     def status_counts(self) -> dict[str, int]:
@@ -355,7 +407,10 @@ def load_sweep(path: str | Path) -> SweepResult:
     results = _copy_trial_columns(results, trials, ("label", "setting", "status"))
     frames = {name: _gather(trial_dirs, f"{name}.csv") for name in ("clients", "similarity", "partition")}
     sweep_cfg = yaml.safe_load((path / "sweep.yaml").read_text()) or {} if (path / "sweep.yaml").is_file() else {}
-    return SweepResult(path=path, results=typed(results), trials=typed(trials), config=sweep_cfg, **frames)
+    summaries = {d.name: json.loads((d / "summary.json").read_text()) for d in trial_dirs
+                 if (d / "summary.json").is_file()}
+    return SweepResult(path=path, results=typed(results), trials=typed(trials), config=sweep_cfg,
+                       baselines=baselines_frame(summaries), **frames)
 
 
 def _trials_from_results(results: pd.DataFrame) -> pd.DataFrame:
@@ -400,6 +455,41 @@ def _gather(trial_dirs: list[Path], name: str) -> pd.DataFrame:
         if len(frame.columns):
             frames.append(frame.assign(trial_id=d.name))
     return typed(pd.concat(frames, ignore_index=True)) if frames else pd.DataFrame()
+
+
+def read_examples(folder: Path, rounds: Iterable[int] | None = None) -> pd.DataFrame:
+    """``folder/examples.parquet`` (only ``rounds`` when given), typed; empty with the columns when absent."""
+    file = Path(folder) / EXAMPLES_FILE
+    wanted = None if rounds is None else sorted({int(r) for r in rounds})
+    if not file.is_file() or wanted == []:
+        return pd.DataFrame({c: pd.Series(dtype=t) for c, t in EXAMPLE_COLUMNS.items()})
+    frame = pd.read_parquet(file, filters=[("round", "in", wanted)] if wanted is not None else None)
+    for col, dtype in EXAMPLE_COLUMNS.items():
+        if col in frame.columns and dtype != "object":
+            frame[col] = pd.to_numeric(frame[col], errors="coerce").astype(dtype)
+    return frame.reset_index(drop=True)
+
+
+def baselines_frame(summaries: dict[str, dict[str, Any]]) -> pd.DataFrame:
+    """One row per trial from its summary.json (keyed by trial id); NaN where a summary lacks a value.
+
+    Columns: ``trial_id``, ``test_examples``, ``majority_class``, ``majority_rate``, ``minority_rate``,
+    ``untrained_<metric>`` and ``data_notes`` (a tuple of strings). Runs written before baselines were
+    recorded give NaN.
+    """
+    rows = []
+    for trial_id, summary in summaries.items():
+        base = summary.get("baselines") or {}
+        row: dict[str, Any] = {"trial_id": str(trial_id), "test_examples": summary.get("test_examples", np.nan)}
+        row.update({k: base.get(k, np.nan) for k in BASELINE_KEYS})
+        row.update({f"untrained_{k}": v for k, v in (base.get("untrained") or {}).items()})
+        row["data_notes"] = tuple(str(n) for n in summary.get("data_notes") or ())
+        rows.append(row)
+    columns = ["trial_id", "test_examples", *BASELINE_KEYS, "data_notes"]
+    frame = pd.DataFrame(rows) if rows else pd.DataFrame(columns=columns)
+    for col in ("test_examples", *BASELINE_KEYS):
+        frame[col] = pd.to_numeric(frame[col], errors="coerce")
+    return frame
 
 
 def read_csv_or_empty(path: Path) -> pd.DataFrame:

@@ -5,7 +5,8 @@ Notebook use::
     from analysis import load_sweep, plots
 
     sweep = load_sweep("results/quick")
-    plots.plot_curves(sweep.results, "figures/curves.png", metric="accuracy")   # per setting, band = std
+    plots.plot_curves(sweep.results, "figures/curves.png", metric="accuracy",   # per setting, from round 0
+                      baselines=sweep.baselines)                                # + the majority-class rate
     plots.plot_noise(sweep.results, "figures/noise.png")                        # init / aggregation noise
     plots.plot_by_axis(sweep.results, "figures/by_dist.png", axis="ranks.distribution")
     plots.plot_similarity(sweep.similarity, "figures/sim.png", trial_id="3")    # last round by default
@@ -15,7 +16,10 @@ Notebook use::
 A function whose data is missing (no similarity.csv for FLoRA, no noise columns, a missing axis...)
 draws nothing, logs why on the ``analysis.plots`` logger and returns None. Methods keep one colour in
 every figure (the table's row order). Lines are means over the trials (seeds) of a (method, setting);
-bands are +- one standard deviation. Only finished trials are drawn (see ``analysis.load.usable``).
+bands and error bars are the 95% t-interval over the seeds where there are 2 or more. Curves start at
+round 0 (the untrained model, when the runs evaluated it) and show a marker per evaluated round when there
+are few. Legends sit below the axes, never on the data; log axes are used only for data spanning more than
+a decade and carry plain value labels. Only finished trials are drawn (see ``analysis.load.usable``).
 The figures are built on ``matplotlib.figure.Figure`` without pyplot, so a notebook's backend is untouched.
 """
 
@@ -36,8 +40,9 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter
 
+from analysis import stats
 from analysis.load import add_labels, add_setting, usable
-from analysis.tables import column_order_key, is_percent, row_order_key, trial_values
+from analysis.values import clip_to_range, column_order_key, is_percent, row_order_key, trial_values
 
 log = logging.getLogger(__name__)
 NOISE_COLUMNS = {"init_noise_param": "parameter space", "init_noise_fn": "function space",
@@ -45,6 +50,8 @@ NOISE_COLUMNS = {"init_noise_param": "parameter space", "init_noise_fn": "functi
 _NOISE_ROWS = (("initialization noise\n(solid: param., dashed: function)", ("init_noise_param", "init_noise_fn")),
                ("aggregation noise\n(solid: Eq. 3, dotted: rank-wise)", ("agg_noise", "agg_noise_rankwise")))
 _NOISE_STYLES = {"init_noise_param": "-", "init_noise_fn": "--", "agg_noise": "-", "agg_noise_rankwise": ":"}
+MARKER_ROUNDS = 15  # curves with at most this many evaluated rounds get a marker per round
+ZERO_NOISE = 1e-12  # a noise value at or below this is zero up to floating-point rounding
 _COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf",
            "#aec7e8", "#ffbb78", "#98df8a"]
 
@@ -129,31 +136,42 @@ def _legend(fig: Figure, axes: list) -> None:
         fig.legend([handles[n] for n in names], names, loc="outside lower center", ncols=ncols, frameon=False)
 
 
-def _mean_band(ax: Any, x: np.ndarray, values: pd.DataFrame, label: str, color: str, scale: float = 1.0) -> None:
+def seed_bands(values: pd.Series, by: pd.Series, metric: str = "") -> pd.DataFrame:
+    """Per value of ``by``: ``mean``, ``lo``, ``hi`` and ``n`` of ``values``.
+
+    ``lo, hi``: the 95% t-interval over the values (the seeds), cut to ``metric``'s range; NaN for one value.
+    """
+    rows = {}
+    for key, group in values.groupby(by, sort=True):
+        iv = stats.t_interval(group.to_numpy(dtype=float))
+        rows[key] = {"mean": iv.value, "lo": clip_to_range(metric, iv.lo), "hi": clip_to_range(metric, iv.hi),
+                     "n": iv.n}
+    return pd.DataFrame.from_dict(rows, orient="index", columns=["mean", "lo", "hi", "n"])
+
+
+def _mean_band(ax: Any, x: np.ndarray, values: pd.DataFrame, label: str, color: str, scale: float = 1.0,
+               marker: str | None = None) -> None:
     mean = values["mean"].to_numpy(dtype=float) * scale
-    std = values["std"].fillna(0.0).to_numpy(dtype=float) * scale
-    ax.plot(x, mean, label=label, color=color, lw=1.6)
-    if (std > 0).any():
-        ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.18, lw=0)
+    ax.plot(x, mean, label=label, color=color, lw=1.6, marker=marker, ms=4)
+    lo, hi = values["lo"].to_numpy(dtype=float) * scale, values["hi"].to_numpy(dtype=float) * scale
+    if (~np.isnan(lo)).any():
+        ax.fill_between(x, lo, hi, color=color, alpha=0.18, lw=0)
 
 
-def _log_y(ax: Any) -> None:
-    """Log y axis with plain tick labels (mathtext tick labels are slow to lay out)."""
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0), numticks=8))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
+def _log_axis(ax: Any, which: str = "y", min_ratio: float = 10.0) -> None:
+    """Log scale on axis ``which`` when the data span more than ``min_ratio``, with plain value labels.
 
-
-def _log_x(ax: Any) -> None:
-    """Log x axis (plain tick labels) when the data span more than a decade and a bit."""
-    low, high = ax.dataLim.x0, ax.dataLim.x1
-    if low <= 0 or high / low < 20:
+    Labels at 1, 2 and 5 times each power of ten over up to two decades, at the powers of ten beyond
+    (mathtext labels are slow to lay out; ``1e-05``-style labels are not).
+    """
+    low, high = (ax.dataLim.y0, ax.dataLim.y1) if which == "y" else (ax.dataLim.x0, ax.dataLim.x1)
+    if low <= 0 or high / low < min_ratio:
         return
-    ax.set_xscale("log")
-    ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0), numticks=8))
-    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-    ax.xaxis.set_minor_formatter(NullFormatter())
+    axis = ax.yaxis if which == "y" else ax.xaxis
+    (ax.set_yscale if which == "y" else ax.set_xscale)("log")
+    axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0) if high / low <= 100 else (1.0,), numticks=8))
+    axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    axis.set_minor_formatter(NullFormatter())
 
 
 def _metric_axis_label(metric: str) -> str:
@@ -162,8 +180,13 @@ def _metric_axis_label(metric: str) -> str:
 
 # ------------------------------------------------------------------------------------------ figures
 @_skippable
-def plot_curves(results: pd.DataFrame, out: str | Path, metric: str = "accuracy", by: str = "setting") -> Path:
-    """``metric`` vs round, one panel per ``by`` value, one line per method (mean over seeds, std band)."""
+def plot_curves(results: pd.DataFrame, out: str | Path, metric: str = "accuracy", by: str = "setting",
+                baselines: pd.DataFrame | None = None) -> Path:
+    """``metric`` vs round, one panel per ``by`` value, one line per method (mean over seeds, 95% band).
+
+    Round 0, when recorded, is the untrained model. ``baselines`` (one row per trial with ``majority_rate``,
+    as ``load_sweep(...).baselines``) adds the majority-class rate as a dashed grey line (accuracy only).
+    """
     frame = _prepared(results, [metric, "round"])
     if by not in frame.columns:
         raise SkipPlot(f"no column {by!r}")
@@ -171,17 +194,32 @@ def plot_curves(results: pd.DataFrame, out: str | Path, metric: str = "accuracy"
     panels = _settings(frame) if by == "setting" else sorted(frame[by].dropna().unique(), key=column_order_key)
     colors = method_colors(frame["label"])
     scale = 100.0 if is_percent(metric) else 1.0
+    rates = _majority_rates(frame, by, baselines) if metric == "accuracy" else {}
     fig, axes = _grid(len(panels))
     for ax, panel in zip(axes, panels):
         sub = frame[frame[by] == panel]
+        marker = "o" if sub["round"].nunique() <= MARKER_ROUNDS else None
         for label in _labels(sub):
-            stats = sub[sub["label"] == label].groupby("round")[metric].agg(["mean", "std"]).sort_index()
-            _mean_band(ax, stats.index.to_numpy(dtype=float), stats, label, colors[label], scale)
-        ax.set(title=str(panel), xlabel="round", ylabel=_metric_axis_label(metric))
+            mine = sub[sub["label"] == label]
+            bands = seed_bands(mine[metric], mine["round"], metric)
+            _mean_band(ax, bands.index.to_numpy(dtype=float), bands, label, colors[label], scale, marker)
+        if panel in rates:
+            ax.axhline(rates[panel] * scale, color="0.45", ls="--", lw=1.0, label="majority class")
+        ax.set(title=str(panel), xlabel="round (0: untrained)" if (sub["round"] == 0).any() else "round",
+               ylabel=_metric_axis_label(metric))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     _legend(fig, axes)
     return _save(fig, out)
+
+
+def _majority_rates(frame: pd.DataFrame, by: str, baselines: pd.DataFrame | None) -> dict[Any, float]:
+    """Mean majority-class rate of each panel's trials (from a baselines frame), where recorded."""
+    if baselines is None or not len(baselines) or "majority_rate" not in baselines.columns:
+        return {}
+    rate = frame["trial_id"].astype(str).map(dict(zip(baselines["trial_id"].astype(str), baselines["majority_rate"])))
+    means = rate.groupby(frame[by]).mean().dropna()
+    return {k: float(v) for k, v in means.items()}
 
 
 @_skippable
@@ -190,8 +228,10 @@ def plot_noise(results: pd.DataFrame, out: str | Path, kinds: tuple[str, ...] | 
 
     Top row: initialization noise (solid: parameter space, the paper's Eq. 2; dashed: function space);
     bottom row: aggregation noise (solid: Eq. 3 on effective adapters; dotted: Fed-PLoRA's rank-wise form).
-    Lines are means over seeds. A method whose noise is zero in every round cannot be drawn on a log axis;
-    the panel names it as "= 0". ``kinds`` restricts the columns drawn.
+    Lines are means over seeds. The y axis is logarithmic (value labels) when a panel spans more than a
+    decade. A method whose noise is zero (below ``ZERO_NOISE``: rounding) in every round is not drawn; the
+    panel's x label names it as "= 0".
+    ``kinds`` restricts the columns drawn.
     """
     kinds = tuple(k for k in (kinds or tuple(NOISE_COLUMNS)) if k in results.columns and results[k].notna().any())
     if not kinds:
@@ -199,9 +239,11 @@ def plot_noise(results: pd.DataFrame, out: str | Path, kinds: tuple[str, ...] | 
     frame = _prepared(results, ["round"])
     settings = _settings(frame)
     colors = method_colors(frame["label"])
+    trained = frame.loc[frame[list(kinds)].notna().any(axis=1), "round"].astype(float)
+    rounds = (trained.min() - 0.25, trained.max() + 0.25)  # every panel spans the same rounds
     rows = [(title, [k for k in group if k in kinds]) for title, group in _NOISE_ROWS]
     rows = [(title, group) for title, group in rows if group]
-    fig = Figure(figsize=(5.0 * len(settings), 3.4 * len(rows)), layout="constrained")
+    fig = Figure(figsize=(5.0 * len(settings), 3.6 * len(rows)), layout="constrained")
     FigureCanvasAgg(fig)
     grid = fig.subplots(len(rows), len(settings), squeeze=False)
     for r, (title, group) in enumerate(rows):
@@ -211,22 +253,26 @@ def plot_noise(results: pd.DataFrame, out: str | Path, kinds: tuple[str, ...] | 
             zero: dict[str, list[str]] = {}
             for kind in group:
                 for label in _labels(sub[sub[kind].notna()]):
-                    stats = sub[sub["label"] == label].groupby("round")[kind].mean().dropna().sort_index()
-                    if (stats <= 0).all():
+                    means = sub[sub["label"] == label].groupby("round")[kind].mean().dropna().sort_index()
+                    if (means <= ZERO_NOISE).all():
                         zero.setdefault(label, []).append(NOISE_COLUMNS[kind])
                         continue
-                    stats = stats[stats > 0]
-                    ax.plot(stats.index.to_numpy(dtype=float), stats.to_numpy(dtype=float), color=colors[label],
-                            ls=_NOISE_STYLES[kind], lw=1.6, label=label if kind == group[0] else None)
+                    means = means[means > ZERO_NOISE]
+                    ax.plot(means.index.to_numpy(dtype=float), means.to_numpy(dtype=float), color=colors[label],
+                            ls=_NOISE_STYLES[kind], lw=1.6, marker="." if len(means) <= MARKER_ROUNDS else None,
+                            label=label if kind == group[0] else None)
             if len(ax.lines):
-                _log_y(ax)
-            if zero:
-                note = "= 0 every round: " + "; ".join(f"{k} ({', '.join(v)})" for k, v in zero.items())
-                text = ax.text(0.02, 0.02, textwrap.fill(note, 72), transform=ax.transAxes, fontsize=7, va="bottom")
-                text.set_in_layout(False)
-            ax.set(title=str(setting), xlabel="round", ylabel=title)
+                _log_axis(ax, "y")
+            else:  # nothing to draw: no value axis to read
+                ax.text(0.5, 0.5, "zero in every round", ha="center", va="center", transform=ax.transAxes)
+                ax.set_yticks([])
+            ax.set_xlim(*rounds)
+            note = ("\n" + textwrap.fill("= 0 every round (not drawn): " + "; ".join(
+                f"{k} ({', '.join(v)})" for k, v in zero.items()), 60)) if zero else ""
+            ax.set(title=str(setting), xlabel="round" + note, ylabel=title)
+            ax.xaxis.label.set_size(8 if zero else 10)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-            ax.grid(alpha=0.3)
+            ax.grid(alpha=0.3, which="both")
     _legend(fig, list(grid.ravel()))
     return _save(fig, out)
 
@@ -236,7 +282,8 @@ def plot_by_axis(results: pd.DataFrame, out: str | Path, axis: str = "ranks.dist
                  metric: str = "accuracy", stat: str = "final") -> Path:
     """``metric`` (final or best per trial) against the values of ``axis`` (ablations: rank distribution...).
 
-    One point series per method with std error bars over seeds, one panel per setting.
+    One point series per method with 95% t-interval error bars over seeds (none for one seed), one panel
+    per setting.
     """
     frame = _prepared(results, [metric, axis])
     vals = trial_values(frame, metric, stat, by=("label", "setting", axis))
@@ -250,11 +297,13 @@ def plot_by_axis(results: pd.DataFrame, out: str | Path, axis: str = "ranks.dist
     for ax, setting in zip(axes, settings):
         sub = vals[vals["setting"] == setting]
         for i, label in enumerate(labels):
-            stats = sub[sub["label"] == label].groupby(axis)["value"].agg(["mean", "std"])
-            pos = [xs.index(x) + (i - (len(labels) - 1) / 2) * width for x in stats.index]
+            mine = sub[sub["label"] == label]
+            bands = seed_bands(mine["value"], mine[axis], metric)
+            pos = [xs.index(x) + (i - (len(labels) - 1) / 2) * width for x in bands.index]
             if pos:
-                ax.errorbar(pos, stats["mean"].to_numpy(dtype=float) * scale,
-                            yerr=stats["std"].fillna(0).to_numpy(dtype=float) * scale, fmt="o", capsize=3,
+                mean = bands["mean"].to_numpy(dtype=float)
+                err = np.vstack([mean - bands["lo"].to_numpy(dtype=float), bands["hi"].to_numpy(dtype=float) - mean])
+                ax.errorbar(pos, mean * scale, yerr=np.nan_to_num(err) * scale, fmt="o", capsize=3,
                             color=colors[label], label=label)
         ax.set_xticks(range(len(xs)), [str(x) for x in xs], rotation=20 if len(xs) > 3 else 0)
         ax.set_xlim(-0.5, len(xs) - 0.5)
@@ -273,12 +322,12 @@ def one_trial(frame: pd.DataFrame, trial_id: str | None) -> tuple[pd.DataFrame, 
 @_skippable
 def plot_similarity(similarity: pd.DataFrame | None, out: str | Path, trial_id: str | None = None,
                     round: int | str | None = None, module: str | None = None) -> Path:  # noqa: A002
-    """Heatmap of the R x R cosine similarity of the one-rank modules A_j across clients (similarity.csv).
+    """Heatmap of the R x R cosine similarity of the rank slots' A across clients (similarity.csv).
 
-    Entry (i, j): mean cosine similarity between A_i of one client and A_j of another, over client pairs;
-    the diagonal compares the same slot across clients (paper Fig. 2). Grey: not measured (no two clients
-    trained the pair that round). Defaults: the first trial, the last round (``round="all"``: the mean over
-    rounds), the first module.
+    Entry (i, j): mean cosine similarity between rank slot i's A_i of one client and slot j's A_j of another,
+    over client pairs; the diagonal compares the same slot across clients (paper Fig. 2). Grey: not measured
+    (no two clients trained the pair that round). Defaults: the first trial, the last round (``round="all"``:
+    the mean over rounds), the first module.
     """
     if similarity is None or not len(similarity) or "cosine" not in similarity.columns:
         raise SkipPlot("no similarity.csv (the method has no rank slots, or metrics.similarity_module is off)")
@@ -315,7 +364,8 @@ def plot_similarity(similarity: pd.DataFrame | None, out: str | Path, trial_id: 
     ax.set_yticks(range(values.shape[0]), [str(int(c) + 1) for c in grid.index])
     where = (f"trial {trial_id}, " if trial_id is not None else "") + (
         "mean over rounds" if round == "all" else f"round {round}")
-    ax.set(xlabel="module j", ylabel="module i", title=f"A_j across clients: {module or 'module'}\n{where}")
+    ax.set(xlabel="rank slot j", ylabel="rank slot i",
+           title=f"A_j of rank slot j across clients: {module or 'module'}\n{where}")
     ax.title.set_size(9)
     return _save(fig, out)
 
@@ -324,11 +374,12 @@ def plot_similarity(similarity: pd.DataFrame | None, out: str | Path, trial_id: 
 def plot_communication(results: pd.DataFrame, out: str | Path, metric: str = "accuracy") -> Path:
     """``metric`` against cumulative communication (bytes up + down; log x over wide ranges), per setting.
 
-    One line per method: mean over seeds of both the bytes and the metric at each evaluated round.
+    One line per method: mean over seeds of both the bytes and the metric at each evaluated round after
+    training (round 0 has sent nothing).
     """
     frame = _prepared(results, [metric, "round", "bytes_down", "bytes_up"])
-    frame = frame.sort_values(["trial_id", "round"])
-    traffic = frame["bytes_down"].astype(float) + frame["bytes_up"].astype(float)
+    frame = frame[frame["round"] > 0].sort_values(["trial_id", "round"])
+    traffic = frame["bytes_down"].astype(float).fillna(0) + frame["bytes_up"].astype(float).fillna(0)
     frame = frame.assign(cum_mb=traffic.groupby(frame["trial_id"]).cumsum() / 1e6).dropna(subset=[metric])
     settings = _settings(frame)
     colors = method_colors(frame["label"])
@@ -340,7 +391,7 @@ def plot_communication(results: pd.DataFrame, out: str | Path, metric: str = "ac
             stats = sub[sub["label"] == label].groupby("round")[["cum_mb", metric]].mean().sort_index()
             ax.plot(stats["cum_mb"].to_numpy(dtype=float), stats[metric].to_numpy(dtype=float) * scale,
                     marker=".", label=label, color=colors[label], lw=1.4)
-        _log_x(ax)
+        _log_axis(ax, "x", min_ratio=20.0)
         ax.set(title=str(setting), xlabel="cumulative communication, up + down (MB)",
                ylabel=_metric_axis_label(metric))
         ax.grid(alpha=0.3, which="both")

@@ -1,18 +1,22 @@
 """Write a Markdown report of a sweep folder or of one run folder.
 
-    python -m analysis.report DIR [--metric accuracy] [--stat final|best] [--axis KEY ...] [--no-figures]
+    python -m analysis.report DIR [--metric accuracy] [--stat final|best] [--focus METHOD] [--axis KEY ...]
+                                  [--no-figures]
 
 For a sweep folder (``results.parquet`` / ``trials.parquet`` / ``trials/<id>/``) or a single run folder
-(``config.yaml`` + ``rounds.csv``) it writes ``DIR/report.md`` (setup, the comparison table, figures, a
-"Reading" section of facts computed from the numbers, and the status of every trial),
-``DIR/comparison.csv``, ``DIR/comparison.tex`` and ``DIR/figures/*.png``, prints the table and the report's
-path. Partial sweeps are fine: failed and unfinished trials are listed, never averaged. A metric with no
-values (``--metric accuracy`` on a causal-LM sweep) falls back to the first available one (Rouge-L...).
+(``config.yaml`` + ``rounds.csv``) it writes ``DIR/report.md`` (setup, data notes, the comparison table
+with 95% intervals, the untrained model and the majority-class rate, figures, a "Reading" section that
+claims only significant differences, and the status of every trial), ``DIR/comparison.csv`` (one row per
+cell, with its interval), ``DIR/comparison.tex`` and ``DIR/figures/*.png``, prints the table and the
+report's path. Partial sweeps are fine: failed and unfinished trials are listed, never averaged. A metric
+with no values (``--metric accuracy`` on a causal-LM sweep) falls back to the first available one.
+``--focus`` names the method the Reading compares with the others (default: the sweep's ``focus`` key,
+else its first variant). The statistics are those of :mod:`analysis.evidence`.
 
 Notebook use::
 
     from analysis.report import write_report
-    path = write_report("results/quick", metric="accuracy", stat="final")
+    path = write_report("results/quick", metric="accuracy", stat="final", focus="FLoRA")
 """
 
 from __future__ import annotations
@@ -29,10 +33,21 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from analysis import plots
+from analysis import plots, stats
+from analysis.describe import (
+    IGNORED_KEYS,
+    data_note_lines,
+    fmt_value,
+    option_lines,
+    test_set_line,
+    trial_lines,
+)
+from analysis.evidence import Evidence, assess, needed_rounds
 from analysis.load import (
     NON_AXIS_COLUMNS,
     RUN_MARKER,
+    RunResult,
+    SweepResult,
     add_labels,
     add_setting,
     flatten_config,
@@ -41,26 +56,20 @@ from analysis.load import (
     load_sweep,
     trial_state,
 )
+from analysis.reading import focus_method, format_bytes, run_reading, sweep_reading
 from analysis.tables import (
     AVG,
-    HOMOGENEOUS_PREFIXES,
     available_metrics,
-    column_leaders,
-    comparison_table,
+    evidence_table,
     format_table,
     is_percent,
     join_keys,
     row_order_key,
+    table_legend,
     trial_values,
     write_table,
 )
 from core.naming import slug
-
-SETUP_KEYS = ("model.name", "data.dataset", "data.glue_task", "data.num_clients", "data.partition", "data.alpha",
-              "data.classes_per_client", "participation", "rounds", "eval_every", "method.name",
-              "ranks.distribution", "ranks.max_rank", "ranks.mid_rank", "ranks.rank", "train.optimizer",
-              "train.lr", "train.local_steps", "train.batch_size")
-IGNORED_KEYS = ("fingerprint", "resources.", "checkpoint_every")
 
 
 @dataclass
@@ -69,12 +78,25 @@ class _Input:
 
     kind: str
     path: Path
+    source: SweepResult | RunResult
     results: pd.DataFrame
     trials: pd.DataFrame
     configs: pd.DataFrame
     similarity: pd.DataFrame
     partition: pd.DataFrame
+    baselines: pd.DataFrame
+    name: str
+    sweep_config: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
+    records: int = 0  # per-example records read for the table
+
+    def examples(self, rounds: dict[str, set[int]]) -> pd.DataFrame:
+        """The per-example records of the given rounds of each trial (with a trial_id column)."""
+        if isinstance(self.source, SweepResult):
+            return self.source.load_examples(rounds)
+        trial_id = self.path.name
+        frame = self.source.examples
+        return frame[frame["round"].isin(rounds.get(trial_id, set()))].assign(trial_id=trial_id)
 
 
 # ------------------------------------------------------------------------------------------ input
@@ -89,7 +111,8 @@ def _read(path: Path) -> _Input:
         # config.yaml of each trial where present, the trial frame's axes (and status, label...) elsewhere
         config_frame = (pd.DataFrame(configs).set_index("trial_id")
                         .combine_first(sweep.trials.set_index("trial_id")).reset_index())
-        return _Input("sweep", path, sweep.results, sweep.trials, config_frame, sweep.similarity, sweep.partition)
+        return _Input("sweep", path, sweep, sweep.results, sweep.trials, config_frame, sweep.similarity,
+                      sweep.partition, sweep.baselines, sweep.name, sweep.config)
     if (path / RUN_MARKER).is_file() or (path / "rounds.csv").is_file():
         run = load_run(path)
         results = run.as_results()
@@ -99,20 +122,21 @@ def _read(path: Path) -> _Input:
                                 "rounds_completed": int(run.rounds["round"].max()) if len(run.rounds) else 0,
                                 "error": None, **run.flat_config()}])
         trials = add_setting(add_labels(trials))
-        return _Input("run", path, results, trials, trials.copy(), run.similarity.assign(trial_id=trial_id),
-                      run.partition.assign(trial_id=trial_id), run.summary)
+        return _Input("run", path, run, results, trials, trials.copy(), run.similarity.assign(trial_id=trial_id),
+                      run.partition.assign(trial_id=trial_id), run.baselines, path.name, summary=run.summary)
     raise FileNotFoundError(f"{str(path)!r} is neither a sweep folder (results.parquet, trials/) nor a run folder "
                             f"({RUN_MARKER}, rounds.csv)")
 
 
 # ------------------------------------------------------------------------------------------ report
 def write_report(path: str | Path, metric: str | None = None, stat: str = "final", axes: list[str] | None = None,
-                 figures: bool = True, echo: Callable[[str], None] = print) -> Path:
+                 figures: bool = True, echo: Callable[[str], None] = print, focus: str | None = None) -> Path:
     """Write ``report.md``, ``comparison.csv``, ``comparison.tex`` and ``figures/`` into ``path``.
 
     ``metric``: default the sweep's headline metric (trials.parquet ``metric``), else ``accuracy``.
     ``axes``: config keys to plot the metric against (besides grid axes that vary within a method and
     setting: those also split the table's rows). ``figures=False`` skips the figures (a table-only report).
+    ``focus``: the method the Reading compares with the others (see :func:`analysis.reading.focus_method`).
     """
     path = Path(path)
     data = _read(path)
@@ -132,112 +156,149 @@ def write_report(path: str | Path, metric: str | None = None, stat: str = "final
     if personal:
         notes.append(f"Personalized metrics are also recorded ({', '.join(personal)}): "
                      f"`--metric {personal[0]}` compares them.")
-    table = None
+    ev = second = None
     if metric in data.results.columns:
-        table = comparison_table(data.results, metric=metric, rows=["label", *extra], stat=stat,
-                                 include_running=data.kind == "run")
+        side = ["mcc"] if metric == "accuracy" and "mcc" in available else []
+        examples = data.examples(needed_rounds(data.results, [metric, *side]))
+        data.records = len(examples)
+        common = dict(stat=stat, rows=["label", *extra], include_running=data.kind == "run", examples=examples,
+                      baselines=data.baselines)
+        ev = assess(data.results, metric=metric, **common)
+        second = assess(data.results, metric=side[0], tests=False, **common) if side else None
+    table = evidence_table(ev) if ev is not None else None
+    if table is not None:
         write_table(table, path / "comparison.csv")
-        (path / "comparison.tex").write_text(format_table(table, fmt="latex", hetero=True) + "\n")
-    drawn, skipped = _figures(data, path / "figures", metric, stat, axes or [], extra) if figures else ([], [])
-    text = _markdown(data, table, metric, stat, drawn, skipped, notes, extra)
+        (path / "comparison.tex").write_text(format_table(table, fmt="latex") + "\n")
+    labels = list(dict.fromkeys(data.trials["label"].dropna().astype(str))) if "label" in data.trials else []
+    focus = focus_method(data.sweep_config, labels, focus) if data.kind == "sweep" else None
+    drawn, skipped = _figures(data, path / "figures", metric, stat, axes or [], extra, focus) if figures else ([], [])
+    text = _markdown(data, ev, second, stat, drawn, skipped, notes, extra, focus)
     out = path / "report.md"
     out.write_text(text)
     if table is not None and len(table):
         echo(format_table(table, fmt="text"))
     else:
         echo("no finished trial with an evaluated round yet")
+    for line in data_note_lines(data.baselines):
+        echo(f"data note: {line[2:]}")
     echo(f"report: {out}")
     return out
 
 
-def _markdown(data: _Input, table: pd.DataFrame | None, metric: str, stat: str, figures: list[tuple[str, Path]],
-              skipped: list[str], notes: list[str], extra: list[str]) -> str:
+def _markdown(data: _Input, ev: Evidence | None, second: Evidence | None, stat: str,
+              figures: list[tuple[str, Path]], skipped: list[str], notes: list[str], extra: list[str],
+              focus: str | None) -> str:
     title = "Sweep report" if data.kind == "sweep" else "Run report"
-    lines = [f"# {title}: {data.path.name}", ""]
-    lines += ["## Setup", "", *_setup(data), ""]
+    lines = [f"# {title}: {data.name}", ""]
+    lines += ["## Setup", "", *_setup(data, ev), ""]
+    data_notes = data_note_lines(data.baselines)
+    if data_notes:
+        lines += ["## Data notes", "", "Warnings raised while splitting and truncating the data:", "", *data_notes, ""]
     lines += ["## Comparison", ""]
+    table = evidence_table(ev) if ev is not None else None
     if table is not None and len(table):
-        n = table.xs("n", axis=1, level="stat").drop(columns=[AVG], errors="ignore")
-        per_cell = sorted({int(v) for v in n.to_numpy().ravel() if v > 0})
-        unit = " (x100)" if is_percent(metric) else ""
-        caption = (f"`{metric}`{unit} of the run ({_stat_phrase(stat)})." if data.kind == "run" else
-                   f"`{metric}`{unit}, {stat} value per trial ({_stat_phrase(stat)}); mean ± std (sample std) over "
-                   f"the trials of each cell, {'/'.join(map(str, per_cell))} per cell. Bold: best mean per column; "
-                   "italic: best heterogeneous method.")
-        lines += [caption, "",
-                  format_table(table, fmt="markdown", hetero=True), "",
-                  "Files: [comparison.csv](comparison.csv) (raw values), [comparison.tex](comparison.tex) "
-                  "(LaTeX, needs `booktabs`).", ""]
+        lines += [_caption(data, table, stat), "", format_table(table, fmt="markdown"), "",
+                  "Files: [comparison.csv](comparison.csv) (one row per cell, raw values, with the interval, status "
+                  "and mark), [comparison.tex](comparison.tex) (LaTeX, needs `booktabs`).", ""]
         lines += _cell_notes(extra)
+        lines += _secondary(second)
+        lines += _best_vs_final(ev, stat)
     else:
         lines += ["No finished trial has an evaluated round yet.", ""]
+    notes = notes + (ev.notes if ev is not None else [])
     lines += [f"- {note}" for note in notes] + ([""] if notes else [])
-    lines += ["## Reading", "", *_reading(data, table, extra), ""]
+    reading = ["- Nothing to compare yet."] if ev is None else (
+        run_reading(ev, data.results) if data.kind == "run" else sweep_reading(ev, focus))
+    lines += ["## Reading", "", *([f"Focus method: {focus} (`--focus` to change).", ""] if focus else []),
+              *reading, ""]
     lines += ["## Figures", ""]
     for caption, fig in figures:
         rel = fig.relative_to(data.path).as_posix()
         lines += [f"**{caption}** ([{rel}]({rel}))", "", f"![{caption}]({rel})", ""]
     if skipped:
         lines += ["Not drawn:", "", *[f"- {s}" for s in skipped], ""]
-    lines += ["## Trials", "", *_trials_section(data, metric), ""]
-    lines += ["## Definitions", "",
-              "- `final`: value at a trial's last evaluated round; `best`: best evaluated value of a trial.",
-              "- Initialization noise (parameter space) is the paper's Eq. 2 (rank-wise, zero-padded factor "
-              "differences, summed over the round's clients); function space is "
-              "`||dW_global - dW_client_start||_F`. Aggregation noise is Eq. 3 on the clients' effective "
-              "end-of-round adapters (fold + trained) with the method's weights; see orchestrator/metrics.py.",
-              "- Heterogeneous methods: every row except FedIT and Untuned.", ""]
+    lines += ["## Trials", "", *_trials_section(data, ev.metric if ev is not None else "accuracy"), ""]
+    lines += ["## Definitions", "", *DEFINITIONS, ""]
     return "\n".join(lines)
+
+
+DEFINITIONS = [
+    "- `final`: value at a trial's last evaluated round after training; `best`: its best evaluated value after "
+    "training. Round 0 is the untrained model (the base model with the initial adapters and head), evaluated "
+    "before any training; curves start there.",
+    "- Untrained: the mean over seeds of the trials' round-0 values; Majority class: the accuracy of predicting "
+    "the test set's most frequent class (its MCC is 0).",
+    "- Intervals (95%): a t-interval over seeds when a cell has 2 or more; for one seed, a percentile bootstrap "
+    f"over the test examples ({stats.N_RESAMPLES:,} resamples, fixed seed), which covers test-set sampling, not "
+    "seed variance.",
+    "- Tests: each method cell against each baseline (one-sided, paired on the same test examples), every pair "
+    "of methods in a column (two-sided, paired on the same test examples and seeds): McNemar's exact test for "
+    "the accuracy of one seed, else a two-stage paired bootstrap over seeds and examples (p from the bootstrap "
+    "standard error), or a paired t-test over seeds without per-example records. Holm's correction runs over "
+    "all the table's tests; significant means below 5% after it. See analysis/evidence.py and analysis/stats.py.",
+    "- Examples or seeds to resolve a gap: the size at which a paired two-sided test at 5% has 80% power for the "
+    "observed gap, `n = ((z_0.975 + z_0.8) sd / gap)^2` with the sd of the per-example (or per-seed) "
+    "differences (normal approximation; t quantiles for seeds); Holm's correction raises it.",
+    "- Initialization noise (parameter space) is the paper's Eq. 2 (rank-wise, zero-padded factor differences, "
+    "summed over the round's clients); function space is `||dW_global - dW_client_start||_F`. Aggregation "
+    "noise is Eq. 3 on the clients' effective end-of-round adapters (fold + trained) with the method's "
+    "weights; see orchestrator/metrics.py.",
+]
+
+
+def _caption(data: _Input, table: pd.DataFrame, stat: str) -> str:
+    metric = table.attrs["metric"]
+    unit = " (x100)" if is_percent(metric) else ""
+    per_cell = sorted({int(v) for v in table.xs("n", axis=1, level="stat").drop(columns=[AVG], errors="ignore")
+                       .to_numpy().ravel() if v > 0})
+    seeds = f"{'/'.join(map(str, per_cell))} seed{'s' if per_cell != [1] else ''} per cell"
+    what = "of the run" if data.kind == "run" else f"{stat} value per trial ({_stat_phrase(stat)}), {seeds}"
+    return f"`{metric}`{unit} {what}: {table_legend(table)}"
+
+
+def _secondary(ev: Evidence | None) -> list[str]:
+    """The MCC table next to accuracy: intervals only (the claims rest on the headline metric's tests)."""
+    if ev is None or not len(ev.cells):
+        return []
+    table = evidence_table(ev)
+    unit = " (x100)" if is_percent(ev.metric) else ""
+    return [f"`{ev.metric}`{unit} of the same trials: {table_legend(table)[:-1]}; no tests on this table (the marks "
+            "above rest on the headline metric).", "", format_table(table, fmt="markdown", best=None), ""]
+
+
+def _best_vs_final(ev: Evidence, stat: str) -> list[str]:
+    """Cells whose best value (over the evaluated rounds) differs from the final one at the shown precision."""
+    cells = ev.cells[(ev.cells["kind"] == "method") & (ev.cells["column"] != AVG)]
+    scale = 100.0 if is_percent(ev.metric) else 1.0
+    differ = cells[(cells["final"] * scale).round(2) != (cells["best"] * scale).round(2)].dropna(subset=["final"])
+    if not len(differ):
+        return []
+    lines = [f"Best vs final (the table shows `{stat}`): cells where they differ.", "",
+             "| Method | Setting | final | best |", "|---|---|---:|---:|"]
+    lines += [f"| {r['row']} | {r['column']} | {r['final'] * scale:.2f} | {r['best'] * scale:.2f} |"
+              for _, r in differ.iterrows()]
+    return lines + [""]
 
 
 def _stat_phrase(stat: str) -> str:
     return "last evaluated round" if stat == "final" else "best evaluated round"
 
 
-def _fmt_value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, tuple):
-        return "[" + ", ".join(map(str, value)) + "]"
-    return str(value)
-
-
-def _setup(data: _Input) -> list[str]:
-    configs = data.configs
-    keys = [c for c in configs.columns if c not in NON_AXIS_COLUMNS and not c.startswith(IGNORED_KEYS)
-            and not c.startswith(("final_", "best_"))]
-    fixed, varied = [], []
-    for key in keys:
-        unique = list(dict.fromkeys("null" if is_missing(v) else _fmt_value(v) for v in configs[key].tolist()))
-        if len(unique) > 1:
-            varied.append(f"`{key}`: {', '.join(unique[:8])}{', ...' if len(unique) > 8 else ''}")
-        elif unique and key in SETUP_KEYS and unique[0] != "null":
-            fixed.append(f"`{key}` = {unique[0]}")
-    counts = data.trials["status"].fillna("UNKNOWN").value_counts() if "status" in data.trials else pd.Series()
-    lines = []
-    if data.kind == "sweep":
-        status = ", ".join(f"{int(v)} {k}" for k, v in counts.items())
-        lines.append(f"- {len(data.trials)} trial{'s' if len(data.trials) != 1 else ''} ({status}).")
-        labels = sorted(data.trials["label"].dropna().unique(), key=row_order_key)
-        lines.append(f"- Methods: {', '.join(labels)}.")
-        lines.append(f"- Settings: {', '.join(map(str, data.trials['setting'].dropna().unique()))}.")
-        if (data.path / "sweep.yaml").is_file():
-            lines.append("- Sweep specification: [sweep.yaml](sweep.yaml).")
-    else:
-        row = data.trials.iloc[0]
-        lines.append(f"- Method: {row['label']}; setting: {row['setting']}; status: {row['status']}.")
-    if fixed:
-        lines.append("- Fixed: " + "; ".join(fixed) + ".")
-    if varied:
-        lines.append("- Varied: " + "; ".join(varied) + ".")
+def _setup(data: _Input, ev: Evidence | None) -> list[str]:
+    lines = trial_lines(data.kind, data.trials)
+    if data.kind == "sweep" and (data.path / "sweep.yaml").is_file():
+        lines.append("- Sweep specification: [sweep.yaml](sweep.yaml).")
+    lines += option_lines(data.configs)
+    size = test_set_line(ev.cells if ev is not None else pd.DataFrame(), data.baselines)
+    lines += [size] if size else ["- Test set: size not recorded."]
+    if ev is not None and not data.records:
+        lines.append("- No per-example records (examples.parquet) here: intervals and tests come from the seeds "
+                     "alone, and a one-seed cell has neither.")
     s = data.summary
     if s:
-        final = {k: v for k, v in s.get("final", {}).items() if k in ("accuracy", "mcc", "rouge_l", "eval_loss",
-                                                                        "personal_accuracy")}
-        lines.append(f"- Summary: {s.get('rounds')} rounds; final {_dict_text(final)}; "
-                     f"best {_dict_text(s.get('best'))}; "
-                     f"{_bytes(s.get('bytes_down_total'))} down, {_bytes(s.get('bytes_up_total'))} up; "
-                     f"wall {_num(s.get('wall_seconds'))} s; overhead ratio {_num(s.get('overhead_ratio'), 3)}.")
+        lines.append(f"- Summary: {s.get('rounds')} rounds; {format_bytes(s.get('bytes_down_total'))} down, "
+                     f"{format_bytes(s.get('bytes_up_total'))} up; wall {_num(s.get('wall_seconds'))} s; overhead "
+                     f"ratio {_num(s.get('overhead_ratio'), 3)}.")
     return lines
 
 
@@ -259,19 +320,19 @@ def _extra_axes(data: _Input) -> list[str]:
     frame = configs.drop(columns=[c for c in ("label", "setting") if c in configs.columns]).merge(
         trials[["trial_id", "label", "setting"]], on="trial_id")
     frame = frame[frame["trial_id"].isin(ok)]
-    skip = ("final_", "best_", *IGNORED_KEYS)
+    skip = ("final_", "best_", "untrained_", *IGNORED_KEYS)
     extra = []
     for col in frame.columns:
         if col == "seed" or col in NON_AXIS_COLUMNS or col.startswith(skip):
             continue
-        values = frame[col].map(lambda v: None if is_missing(v) else _fmt_value(v))
+        values = frame[col].map(lambda v: None if is_missing(v) else fmt_value(v))
         if (values.groupby([frame["label"], frame["setting"]]).nunique(dropna=True) > 1).any():
             extra.append(col)
     return extra
 
 
-def _figures(data: _Input, folder: Path, metric: str, stat: str, axes: list[str],
-             extra: list[str]) -> tuple[list, list[str]]:
+def _figures(data: _Input, folder: Path, metric: str, stat: str, axes: list[str], extra: list[str],
+             focus: str | None) -> tuple[list, list[str]]:
     collector = _Collect()
     plot_log = logging.getLogger(plots.__name__)
     plot_log.addHandler(collector)
@@ -285,7 +346,8 @@ def _figures(data: _Input, folder: Path, metric: str, stat: str, axes: list[str]
 
     try:
         results = join_keys(add_labels(data.results), "label", extra)  # the table's rows
-        add(f"{metric} vs round", plots.plot_curves(results, folder / f"curves_{metric}.png", metric=metric))
+        add(f"{metric} vs round (round 0: the untrained model)",
+            plots.plot_curves(results, folder / f"curves_{metric}.png", metric=metric, baselines=data.baselines))
         add("train loss vs round", plots.plot_curves(results, folder / "curves_train_loss.png", metric="train_loss"))
         add("initialization and aggregation noise", plots.plot_noise(results, folder / "noise.png"))
         add(f"{metric} vs communication", plots.plot_communication(results, folder / f"communication_{metric}.png",
@@ -293,11 +355,11 @@ def _figures(data: _Input, folder: Path, metric: str, stat: str, axes: list[str]
         for axis in dict.fromkeys([*axes, *extra]):
             add(f"{stat} {metric} by {axis}", plots.plot_by_axis(data.results, folder / f"by_{slug(axis)}.png",
                                                                  axis=axis, metric=metric, stat=stat))
-        for setting, trial_id in _pick_trials(data, data.similarity):
-            add(f"module similarity, {setting} (trial {trial_id}, last round)",
+        for setting, trial_id in _pick_trials(data, data.similarity, prefer=focus or "Fed-PLoRA"):
+            add(f"rank-slot similarity, {setting} (trial {trial_id}, last round)",
                 plots.plot_similarity(data.similarity, folder / f"similarity_{slug(setting)}.png", trial_id=trial_id))
         if not len(data.similarity):
-            add("module similarity", plots.plot_similarity(None, folder / "similarity.png"))
+            add("rank-slot similarity", plots.plot_similarity(None, folder / "similarity.png"))
         for setting, trial_id in _pick_trials(data, data.partition, prefer=None):
             add(f"partition, {setting} (trial {trial_id})",
                 plots.plot_partition(data.partition, folder / f"partition_{slug(setting)}.png", trial_id=trial_id))
@@ -325,8 +387,8 @@ class _Collect(logging.Handler):
         self._pending = None
 
 
-def _pick_trials(data: _Input, frame: pd.DataFrame, prefer: str | None = "Fed-PLoRA") -> list[tuple[str, str]]:
-    """One finished trial per setting that has rows in ``frame`` (Fed-PLoRA first, then lowest seed)."""
+def _pick_trials(data: _Input, frame: pd.DataFrame, prefer: str | None) -> list[tuple[str, str]]:
+    """One finished trial per setting that has rows in ``frame`` (``prefer``'s first, then lowest seed)."""
     if frame is None or not len(frame) or "trial_id" not in frame.columns:
         return []
     trials = data.trials[data.trials["trial_id"].isin(set(frame["trial_id"].astype(str)))].copy()
@@ -338,102 +400,6 @@ def _pick_trials(data: _Input, frame: pd.DataFrame, prefer: str | None = "Fed-PL
     for setting, group in trials.groupby("setting", sort=False):
         picked.append((str(setting), str(group.sort_values(sort)["trial_id"].iloc[0])))
     return picked
-
-
-# ------------------------------------------------------------------------------------------ reading
-def _reading(data: _Input, table: pd.DataFrame | None, extra: list[str]) -> list[str]:
-    if table is None or not len(table):
-        return ["- Nothing to compare yet."]
-    scale = 100.0 if table.attrs.get("percent") else 1.0
-    if data.kind == "run":
-        return _run_reading(data, table, scale)
-    unit = " points" if scale == 100.0 else ""
-    lines = []
-    for lead in column_leaders(table).to_dict("records"):
-        where = "on average" if lead["column"] == AVG else f"in {lead['column']}"
-        text = f"- {where[0].upper()}{where[1:]}, {lead['leader']} leads with {lead['mean'] * scale:.2f}"
-        if lead["runner_up"] is not None:
-            text += (f", {lead['margin'] * scale:.2f}{unit} ahead of {lead['runner_up']} "
-                     f"({lead['runner_up_mean'] * scale:.2f})")
-        lines.append(text + ".")
-    if extra:  # compare the methods at each value of the axes that split the rows
-        for values, sub in data.results.groupby(extra, dropna=False):
-            values = values if isinstance(values, tuple) else (values,)
-            where = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in zip(extra, values))
-            sub_table = comparison_table(sub, metric=table.attrs["metric"], stat=table.attrs["stat"])
-            lines += _method_lines(sub_table, scale, unit, f"At {where}: ")
-    else:
-        lines += _method_lines(table, scale, unit)
-    excluded = table.attrs.get("excluded", {})
-    if excluded:
-        states = pd.Series(list(excluded.values())).value_counts()
-        counts = ", ".join(f"{v} {k}" for k, v in states.items())
-        lines.append(f"- Not in the table: {len(excluded)} trials ({counts}).")
-    return lines
-
-
-def _method_lines(table: pd.DataFrame, scale: float, unit: str, prefix: str = "") -> list[str]:
-    """Fed-PLoRA against the best heterogeneous baseline and against FedIT, per column (facts only)."""
-    if "Fed-PLoRA" not in table.index:
-        return []
-    higher = table.attrs.get("higher_is_better", True)
-    baselines = [r for r in table.index if not str(r).startswith((*HOMOGENEOUS_PREFIXES, "Fed-PLoRA", "Fed-PrsLoRA"))]
-    columns = [c for c in dict.fromkeys(table.columns.get_level_values(0)) if c != AVG]
-    lines = []
-    if baselines:
-        leads, parts = 0, []
-        for col in columns:
-            comp = _compare(table, "Fed-PLoRA", baselines, col, higher)
-            if comp is not None:
-                leads += comp[0] > 0
-                parts.append(f"{col}: {comp[0] * scale:+.2f}{unit} vs {comp[1]}{comp[2]}")
-        if parts:
-            lines.append(f"- {prefix}Fed-PLoRA is ahead of the best heterogeneous baseline ({', '.join(baselines)}) "
-                         f"in {leads} of {len(parts)} settings; difference to the best of them: {'; '.join(parts)}.")
-    for ref in ("FedIT (R/2)", "FedIT (R)"):
-        if ref in table.index:
-            parts = [f"{col}: {comp[0] * scale:+.2f}{unit}{comp[2]}" for col in columns
-                     if (comp := _compare(table, "Fed-PLoRA", [ref], col, higher)) is not None]
-            if parts:
-                lines.append(f"- {prefix}Fed-PLoRA vs {ref} (homogeneous): {'; '.join(parts)}.")
-    return lines
-
-
-def _compare(table: pd.DataFrame, row: str, others: list[str], col: Any, higher: bool) -> tuple | None:
-    """(signed advantage of ``row`` over the best of ``others``, that rival, an overlap remark) or None."""
-    mean = table.loc[row, (col, "mean")]
-    rivals = table.loc[others, (col, "mean")].dropna()
-    if is_missing(mean) or not len(rivals):
-        return None
-    rival = rivals.idxmax() if higher else rivals.idxmin()
-    diff = (mean - rivals[rival]) * (1 if higher else -1)
-    spread = [table.loc[row, (col, "std")], table.loc[rival, (col, "std")]]
-    if any(is_missing(s) for s in spread):
-        remark = " (a single trial on one side: no deviation)"
-    elif abs(diff) > max(spread):
-        remark = " (larger than either std)"
-    else:
-        remark = " (within one std)"
-    return diff, rival, remark
-
-
-def _run_reading(data: _Input, table: pd.DataFrame, scale: float) -> list[str]:
-    metric, rounds = table.attrs["metric"], data.results
-    evaluated = rounds.dropna(subset=[metric]).sort_values("round")
-    if not len(evaluated):
-        return ["- No evaluated round yet."]
-    last = evaluated.iloc[-1]
-    best = evaluated.loc[evaluated[metric].idxmax() if table.attrs.get("higher_is_better", True)
-                         else evaluated[metric].idxmin()]
-    lines = [f"- Final {metric} {last[metric] * scale:.2f} at round {int(last['round'])}; best "
-             f"{best[metric] * scale:.2f} at round {int(best['round'])} ({len(evaluated)} evaluated rounds)."]
-    if "bytes_down" in rounds and "bytes_up" in rounds:
-        lines.append(f"- Communication: {_bytes(rounds['bytes_down'].sum())} down, "
-                     f"{_bytes(rounds['bytes_up'].sum())} up in total.")
-    for col in ("init_noise_param", "agg_noise"):
-        if col in rounds and rounds[col].notna().any():
-            lines.append(f"- Mean `{col}` per round: {rounds[col].mean():.4g}.")
-    return lines
 
 
 # ------------------------------------------------------------------------------------------ trials
@@ -480,25 +446,10 @@ def _one_line(text: str, limit: int = 140) -> str:
     return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
-def _bytes(value: Any) -> str:
-    if is_missing(value):
-        return "?"
-    value = float(value)
-    for unit, size in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if value >= size:
-            return f"{value / size:.2f} {unit}"
-    return f"{value:.0f} B"
-
-
 def _num(value: Any, digits: int = 1) -> str:
     if is_missing(value) or (isinstance(value, float) and math.isnan(value)):
         return "?"
     return f"{float(value):.{digits}f}"
-
-
-def _dict_text(values: dict[str, Any] | None) -> str:
-    items = [f"{k} {float(v):.4g}" for k, v in (values or {}).items() if not is_missing(v)]
-    return ", ".join(items) or "-"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -508,12 +459,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric", help="task metric of the table (default: the sweep's metric, else accuracy)")
     parser.add_argument("--stat", default="final", choices=("final", "best"),
                         help="per-trial value: at the last evaluated round, or the best (default: final)")
+    parser.add_argument("--focus", metavar="METHOD",
+                        help="the method the Reading compares with the others (default: the sweep's focus key, "
+                             "else its first variant)")
     parser.add_argument("--axis", action="append", default=[], metavar="KEY",
                         help="also plot the metric against this config axis (repeatable), e.g. ranks.max_rank")
     parser.add_argument("--no-figures", action="store_true", help="write the tables and the report only")
     args = parser.parse_args(argv)
     try:
-        write_report(args.dir, metric=args.metric, stat=args.stat, axes=args.axis, figures=not args.no_figures)
+        write_report(args.dir, metric=args.metric, stat=args.stat, axes=args.axis, figures=not args.no_figures,
+                     focus=args.focus)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

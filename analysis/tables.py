@@ -1,271 +1,202 @@
-"""Paper-style comparison tables: rows = methods, columns = settings, mean and std over seeds.
+"""Paper-style comparison tables: rows = methods (and the baselines), columns = settings, 95% intervals.
 
 Notebook use::
 
     from analysis import load_sweep, comparison_table, format_table, write_table
 
     sweep = load_sweep("results/quick")
-    table = comparison_table(sweep.results, metric="accuracy", stat="final")   # or stat="best"
+    table = comparison_table(sweep, metric="accuracy", stat="final")   # or stat="best"; or a results frame
     table.xs("mean", axis=1, level="stat")        # means only: rows = methods, columns = settings (+ "Avg")
-    print(format_table(table, fmt="markdown"))    # "85.20 ± 0.40", the best mean per column in **bold**
-    print(format_table(table, fmt="latex", hetero=True, dev="range"))   # paper style: 85.20^{+0.31}_{-0.15}
-    write_table(table, "comparison.csv")
+    print(format_table(table, fmt="markdown"))    # "82.00 [79.17, 84.83]", marks as below
+    print(format_table(table, fmt="latex"))       # booktabs; bold best, dagger: not significantly worse
+    write_table(table, "comparison.csv")          # one row per cell: accuracy, accuracy_lo, accuracy_hi, n_seeds...
 
 ``comparison_table`` returns a frame indexed by the row key (``label`` by default, in the paper's order:
-Untuned, FedIT (R), FedIT (R/2), FLoRA, FlexLoRA, HETLoRA, the others, Fed-PLoRA last) with two column
-levels ``(column, stat)``, ``stat`` in ``mean, std, min, max, n``. ``final`` is a trial's value at its
-last evaluated round, ``best`` its best evaluated value; each trial gives one value and a cell
-aggregates the trials of its (row, column), normally the seeds (``std`` is the sample std, ddof = 1; NaN
-for one trial). "Avg" (when there are several columns): mean of the row's column means; its std, min and
-max are over the seeds complete in every column of the per-seed average across columns. Failed trials
-never enter a cell; ``table.attrs["excluded"]`` lists the trials left out with their status.
+the baselines "Majority class" and "Untrained", FedIT (R), FedIT (R/2), FLoRA, FlexLoRA, HETLoRA, the
+others, Fed-PLoRA last) with two column levels ``(column, stat)``; ``stat`` in :data:`STATS`: ``mean``
+(over the seeds), ``lo`` / ``hi`` (its 95% interval), ``std`` / ``min`` / ``max`` (over seeds), ``n``
+(seeds), ``interval`` (``seeds``: t over seeds; ``examples``: bootstrap over test examples, one seed;
+``reference``: the majority rate; ``none``), ``test_examples``, ``status`` ("≈ majority", "≈ untrained",
+"untested": never ranked), ``mark`` (``best``; ``tie``: not significantly worse than the best),
+``p_untrained`` / ``p_majority`` (Holm-adjusted one-sided p-values against the baselines), ``final`` and
+``best`` (the mean of each trial's final and best value). The rules are in :mod:`analysis.evidence`; the
+tests behind the marks are ``assess(...).tests``. Failed trials never enter a cell;
+``table.attrs["excluded"]`` lists the trials left out with their status.
 """
 
 from __future__ import annotations
 
 import math
-import re
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from analysis.load import GLUE_NAMES, METHOD_NAMES, add_labels, add_setting, usable
+from analysis.evidence import Evidence, assess
+from analysis.values import (  # noqa: F401  (re-exported: the table API of earlier versions)
+    AVG,
+    BASELINE_ROWS,
+    HOMOGENEOUS_PREFIXES,
+    METRICS,
+    PERCENT_METRICS,
+    available_metrics,
+    column_order_key,
+    higher_is_better,
+    is_percent,
+    join_keys,
+    row_order_key,
+    trial_values,
+)
 
-STATS = ("mean", "std", "min", "max", "n")
-AVG = "Avg"
-METRICS = ("accuracy", "mcc", "rouge_l", "f1", "eval_loss", "personal_accuracy", "personal_mcc",
-           "personal_rouge_l", "personal_loss")
-PERCENT_METRICS = ("accuracy", "mcc", "rouge_l", "f1")
-HOMOGENEOUS_PREFIXES = ("FedIT", "Untuned")
-_ROW_RANKS = {"Untuned": 0, "Untuned Model": 0, "FedIT (R)": 1, "FedIT (R/2)": 2, "FLoRA": 4, "FlexLoRA": 5,
-              "HETLoRA": 6, "Fed-PLoRA": 9}
-_GLUE_ORDER = list(GLUE_NAMES.values())
+STATS = ("mean", "lo", "hi", "std", "min", "max", "n", "interval", "test_examples", "status", "mark", "p_untrained",
+         "p_majority", "final", "best")
+_TEXT_STATS = ("interval", "status", "mark")
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+_EMPTY = {"latex": "--", "markdown": "–", "text": "-"}
 
 
-# ------------------------------------------------------------------------------------------ metrics
-def is_percent(metric: str) -> bool:
-    """Whether a metric is a fraction shown in percent (accuracy, MCC, Rouge-L, F1 and personal_*)."""
-    return metric.removeprefix("personal_") in PERCENT_METRICS
+# ------------------------------------------------------------------------------------------ the table
+def comparison_table(data: Any, metric: str = "accuracy", rows: str | list[str] = "label",
+                     columns: str | list[str] = "setting", stat: str = "final", include_running: bool = False,
+                     examples: pd.DataFrame | None = None, baselines: pd.DataFrame | None = None) -> pd.DataFrame:
+    """Cells with intervals, baseline rows and significance marks of ``metric`` per (row, column).
 
-
-def higher_is_better(metric: str) -> bool:
-    """False for losses and noise measurements."""
-    return "loss" not in metric and "noise" not in metric
-
-
-def available_metrics(frame: pd.DataFrame) -> list[str]:
-    """The evaluation metrics with at least one value in ``frame`` (``train_loss`` is not one)."""
-    return [m for m in METRICS if m in frame.columns and frame[m].notna().any()]
-
-
-# ------------------------------------------------------------------------------------------ ordering
-def row_order_key(label: Any) -> tuple:
-    """Sort key of a row: the paper's order, other methods alphabetically, Fed-PLoRA variants, Fed-PLoRA."""
-    text = METHOD_NAMES.get(str(label), str(label))
-    if text in _ROW_RANKS:
-        return (_ROW_RANKS[text], "")
-    if text.startswith("Untuned"):
-        return (0, text.casefold())
-    if text.startswith("FedIT"):
-        return (3, _natural(text))
-    if text.startswith(("Fed-PLoRA", "Fed-PrsLoRA")):
-        return (8, text.casefold())
-    return (7, text.casefold())
-
-
-def column_order_key(value: Any) -> tuple:
-    """Sort key of a column: GLUE task order, IID before non-IID, then natural order (numbers by value)."""
-    if isinstance(value, int | float | np.number):
-        return (0, 0, float(value))
-    text = str(value)
-    task = next((i for i, name in enumerate(_GLUE_ORDER) if text.startswith(name)), len(_GLUE_ORDER))
-    return (task, 1 if "non-IID" in text else 0, _natural(text))
-
-
-def _natural(text: str) -> tuple:
-    parts = re.split(r"(\d+(?:\.\d+)?)", text)
-    return tuple((0, float(p), "") if re.fullmatch(r"\d+(?:\.\d+)?", p) else (1, 0.0, p.casefold()) for p in parts)
-
-
-# ------------------------------------------------------------------------------------------ values
-def trial_values(results: pd.DataFrame, metric: str = "accuracy", stat: str = "final",
-                 by: tuple[str, ...] = ("label", "setting")) -> pd.DataFrame:
-    """One row per trial: ``trial_id``, the ``by`` columns, ``seed`` (if any), ``round`` and ``value``.
-
-    ``stat="final"``: the value at the trial's last evaluated round (metric not NaN); ``"best"``: its best
-    evaluated value (max, or min for losses), with the round it was reached.
+    ``data``: the long results frame of a sweep (one row per trial x round) or a loaded sweep / run (whose
+    per-example records and baselines are then used; ``examples`` / ``baselines`` give them for a frame).
+    Trials whose status is a failure are left out (``include_running`` keeps pending/running ones at their
+    latest evaluated round). ``rows`` may be a list starting with ``"label"``: the other keys join the
+    method's name, e.g. ``["label", "train.lr"]`` gives rows "Fed-PLoRA (train.lr=0.001)"; ``columns`` may
+    be a list of columns, combined into one label ("IID · 8"). See the module docstring for the stats.
     """
-    if stat not in ("final", "best"):
-        raise ValueError(f"stat={stat!r} must be 'final' or 'best'")
-    if metric not in results.columns:
-        raise ValueError(f"metric {metric!r} is not a column of the results; available: "
-                         f"{available_metrics(results) or 'none'}")
-    frame = results.dropna(subset=[metric]).reset_index(drop=True)
-    if "trial_id" not in frame.columns:
-        frame = frame.assign(trial_id="run")
-    keep = ["trial_id", *dict.fromkeys(by), *(["seed"] if "seed" in frame.columns and "seed" not in by else [])]
-    if not len(frame):
-        return pd.DataFrame(columns=[*keep, "round", "value"])
-    if "round" not in frame.columns:
-        frame = frame.assign(round=frame.groupby("trial_id").cumcount() + 1)
-    groups = frame.groupby("trial_id", sort=False)
-    if stat == "final":
-        idx = groups["round"].idxmax()
-    else:
-        idx = groups[metric].idxmax() if higher_is_better(metric) else groups[metric].idxmin()
-    out = frame.loc[idx.to_numpy(), [*keep, "round", metric]].rename(columns={metric: "value"})
-    return out.reset_index(drop=True)
+    return evidence_table(assess(data, metric=metric, stat=stat, rows=rows, columns=columns,
+                                 include_running=include_running, examples=examples, baselines=baselines))
 
 
-def comparison_table(results: pd.DataFrame, metric: str = "accuracy", rows: str | list[str] = "label",
-                     columns: str | list[str] = "setting", stat: str = "final",
-                     include_running: bool = False) -> pd.DataFrame:
-    """Mean, std, min, max and count over trials (seeds) of ``metric`` per (row, column); see the module doc.
-
-    ``results``: the long frame of a sweep (one row per trial x round). Trials whose status is a failure
-    are left out (``include_running`` keeps pending/running ones, at their latest evaluated round).
-    ``rows`` may be a list starting with ``"label"``: the other keys join the method's name, e.g.
-    ``["label", "train.lr"]`` gives rows "Fed-PLoRA (train.lr=0.001)" (grid axes that would otherwise be
-    averaged inside a cell). ``columns`` may be a list of columns, combined into one label ("IID · 8").
-    """
-    frame = add_setting(add_labels(results)) if len(results) else results
-    frame, excluded = usable(frame, include_running)
-    if not isinstance(rows, str):
-        first, *extra = rows
-        frame = join_keys(frame, first, extra)
-        rows = first
-    if not isinstance(columns, str):
-        name = " · ".join(columns)
-        frame = frame.assign(**{name: frame[list(columns)].astype(str).agg(" · ".join, axis=1)})
-        columns = name
-    vals = trial_values(frame, metric, stat, by=(rows, columns))
-    col_values = sorted(vals[columns].dropna().unique(), key=column_order_key)
-    if len(col_values) > 1:
-        col_values.append(AVG)
+def evidence_table(ev: Evidence) -> pd.DataFrame:
+    """The wide table (rows x (column, stat)) of an :class:`~analysis.evidence.Evidence`."""
+    cells = ev.cells
+    col_values = ev.column_values
     header = pd.MultiIndex.from_product([col_values, STATS], names=["column", "stat"])
-    cells = vals.groupby([rows, columns])["value"].agg(["mean", "std", "min", "max", "count"])
-    table = cells.rename(columns={"count": "n"}).unstack(columns)
-    table = table.swaplevel(axis=1).reindex(columns=header) if len(table) else pd.DataFrame(columns=header)
-    if AVG in col_values:
-        _add_average(table, vals, rows, columns, col_values[:-1])
-    table = table.reindex(sorted(table.index, key=row_order_key))
-    table.index.name = rows
+    index = sorted(dict.fromkeys(cells["row"]), key=row_order_key) if len(cells) else []
+    wide = {(c, s): cells[cells["column"] == c].set_index("row")[s].reindex(index) for c in col_values for s in STATS}
+    table = pd.DataFrame(wide, index=pd.Index(index, name=ev.rows), columns=header)
     for col in col_values:
-        table[(col, "n")] = table[(col, "n")].fillna(0).astype(int)
-    table.attrs.update(metric=metric, stat=stat, rows=rows, columns=columns, excluded=excluded,
-                       percent=is_percent(metric), higher_is_better=higher_is_better(metric),
-                       n_trials=int(vals["trial_id"].nunique()))
+        for stat in STATS:
+            if stat in _TEXT_STATS:
+                table[(col, stat)] = table[(col, stat)].fillna("").astype(str)
+            elif stat == "n":
+                table[(col, stat)] = pd.to_numeric(table[(col, stat)]).fillna(0).astype(int)
+            else:
+                table[(col, stat)] = pd.to_numeric(table[(col, stat)]).astype(float)
+    kinds = [k for k in ("seeds", "examples") if len(cells) and (cells["interval"] == k).any()]
+    table.attrs.update(metric=ev.metric, stat=ev.stat, rows=ev.rows, columns=ev.columns, excluded=ev.excluded,
+                       percent=is_percent(ev.metric), higher_is_better=higher_is_better(ev.metric),
+                       n_trials=ev.n_trials, intervals=kinds, notes=list(ev.notes))
     return table
-
-
-def join_keys(frame: pd.DataFrame, column: str = "label", keys: list[str] | tuple[str, ...] = ()) -> pd.DataFrame:
-    """``column`` with the values of ``keys`` appended: "Fed-PLoRA (train.lr=0.001)" (rows split by a grid axis)."""
-    if not keys or not len(frame):
-        return frame
-    parts = frame[list(keys)].apply(lambda r: ", ".join(f"{k}={_short(v)}" for k, v in r.items()), axis=1)
-    return frame.assign(**{column: frame[column].astype(str) + " (" + parts + ")"})
-
-
-def _short(value: Any) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _add_average(table: pd.DataFrame, vals: pd.DataFrame, rows: str, columns: str, col_values: list) -> None:
-    means = table.xs("mean", axis=1, level="stat")[col_values]
-    table[(AVG, "mean")] = means.mean(axis=1, skipna=False)
-    if "seed" in vals.columns and len(vals):
-        per_seed = vals.groupby([rows, "seed", columns])["value"].mean().unstack(columns)
-        per_seed = per_seed.reindex(columns=col_values).dropna().mean(axis=1)
-        grouped = per_seed.groupby(level=rows)
-        complete = table[(AVG, "mean")].notna()
-        for stat, values in (("std", grouped.std()), ("min", grouped.min()), ("max", grouped.max()),
-                             ("n", grouped.count())):
-            table[(AVG, stat)] = values.reindex(table.index).where(complete)
 
 
 # ------------------------------------------------------------------------------------------ formatting
 def format_table(table: pd.DataFrame, fmt: str = "markdown", best: str | None = "auto", hetero: bool = False,
-                 dev: str = "std", percent: bool | None = None, decimals: int = 2) -> str:
+                 dev: str = "ci", percent: bool | None = None, decimals: int = 2) -> str:
     r"""Render a :func:`comparison_table` as ``markdown``, ``latex`` or ``text``.
 
-    Cells read "mean ± std" (``dev="std"``) or the paper's "mean (+max-mean/-(mean-min))" (``dev="range"``;
-    LaTeX ``mean^{+u}_{-l}``), in percent for fraction metrics (``percent=None``: from the metric).
-    ``best``: ``"max"``, ``"min"``, ``"auto"`` (max, or min for losses) or None; the best mean per column
-    (ties at the shown precision included; only where a column has two or more values) is bold (markdown
-    ``**``, LaTeX ``\textbf``, text ``*``).
-    ``hetero=True`` also marks the best heterogeneous method (rows not FedIT/Untuned): markdown ``_``,
-    LaTeX ``\underline``, text ``†``.
+    Cells read "mean [lo, hi]" (the 95% interval, ``dev="ci"``), "mean ± std" over seeds (``dev="std"``)
+    or the paper's "mean (+max-mean/-(mean-min))" (``dev="range"``; LaTeX ``mean^{+u}_{-l}``), in percent
+    for fraction metrics (``percent=None``: from the metric). A cell that is not significantly above a
+    baseline carries its status ("≈ majority", "≈ untrained", "untested") and no mark.
+    ``best`` (``"auto"``, ``"max"`` or ``"min"``: the table's marks; None: no marks): the best ranked mean
+    of a column is bold (markdown ``**``, LaTeX ``\textbf``, text ``*``); a ranked cell not significantly
+    worse than it (paired test, Holm-corrected, 5%) gets a dagger ``†`` (LaTeX ``$^\dagger$``).
+    ``hetero=True`` also underlines the best ranked mean among heterogeneous methods (rows not FedIT nor a
+    baseline): markdown ``_``, LaTeX ``\underline``, text ``‡``. :func:`table_legend` explains the marks.
     """
     if fmt not in ("markdown", "latex", "text"):
         raise ValueError(f"fmt={fmt!r} must be 'markdown', 'latex' or 'text'")
-    if dev not in ("std", "range"):
-        raise ValueError(f"dev={dev!r} must be 'std' or 'range'")
+    if dev not in ("ci", "std", "range"):
+        raise ValueError(f"dev={dev!r} must be 'ci', 'std' or 'range'")
+    if best not in ("auto", "max", "min", None):
+        raise ValueError(f"best={best!r} must be 'max', 'min', 'auto' or None")
     percent = table.attrs.get("percent", False) if percent is None else percent
-    if best == "auto":
-        best = "max" if table.attrs.get("higher_is_better", True) else "min"
     scale = 100.0 if percent else 1.0
     columns = list(dict.fromkeys(table.columns.get_level_values(0)))
     labels = [str(r) for r in table.index]
-    marks = _marks(table, columns, labels, best, hetero, scale, decimals)
-    body = [[_cell(table.loc[row, col], scale, decimals, dev, fmt, marks.get((i, col), "")) for col in columns]
-            for i, row in enumerate(table.index)]
+    hets = _hetero_best(table, columns, labels) if hetero and best is not None else set()
+    body = [[_cell(table.loc[row, col], scale, decimals, dev, fmt, best is not None, (i, col) in hets)
+             for col in columns] for i, row in enumerate(table.index)]
     row_header = "Method" if table.attrs.get("rows", table.index.name) == "label" else str(table.index.name)
+    header = [row_header, *map(str, columns)]
     if fmt == "latex":
-        return _latex([row_header, *map(str, columns)], labels, body)
+        return _latex(header, labels, body)
     if fmt == "markdown":
-        lines = ["| " + " | ".join([row_header, *map(str, columns)]) + " |",
-                 "|" + "---|" + "---:|" * len(columns)]
+        lines = ["| " + " | ".join(header) + " |", "|" + "---|" + "---:|" * len(columns)]
         lines += ["| " + " | ".join([label, *cells]) + " |" for label, cells in zip(labels, body)]
         return "\n".join(lines)
-    kinds = "".join(marks.values())
-    return _text([row_header, *map(str, columns)], labels, body, "b" in kinds, "h" in kinds)
+    return _text(header, labels, body, table_legend(table, fmt="text") if best is not None else "")
 
 
-def _marks(table: pd.DataFrame, columns: list, labels: list[str], best: str | None, hetero: bool, scale: float,
-           decimals: int) -> dict[tuple[int, Any], str]:
-    marks: dict[tuple[int, Any], str] = {}
-    if best not in ("max", "min"):
-        if best is not None:
-            raise ValueError(f"best={best!r} must be 'max', 'min', 'auto' or None")
-        return marks
+def table_legend(table: pd.DataFrame, fmt: str = "markdown") -> str:
+    """What the cells and marks of :func:`format_table` mean, for a caption (``markdown`` or ``text``)."""
+    over = {"seeds": "t-interval over seeds", "examples": "bootstrap over test examples (one seed: test-set "
+            "sampling only, not seed variance)"}
+    kinds = " or ".join(over[k] for k in table.attrs.get("intervals", [])) or "none"
+    parts = [f"mean over seeds [95% interval: {kinds}]"]
+    marks = set(table.xs("mark", axis=1, level="stat").to_numpy().ravel()) if len(table) else set()
+    if "best" in marks:
+        parts.append(f"{'**bold**' if fmt == 'markdown' else '*'}: best mean among the cells significantly above "
+                     "the baselines")
+    if "tie" in marks:
+        parts.append("†: not significantly worse than the best (paired test, Holm-corrected over the table's "
+                     "tests, 5%)")
+    statuses = " ".join(table.xs("status", axis=1, level="stat").to_numpy().ravel()) if len(table) else ""
+    names = [f"≈ {b}" for b in ("majority", "untrained", "baseline") if f"≈ {b}" in statuses]
+    if names:
+        parts.append(f"{' / '.join(names)}: not significantly above that baseline (never ranked)")
+    if "untested" in statuses:
+        parts.append("untested: no test against the baselines was possible (not ranked)")
+    return "; ".join(parts) + "."
+
+
+def _hetero_best(table: pd.DataFrame, columns: list, labels: list[str]) -> set[tuple[int, Any]]:
+    out = set()
+    higher = table.attrs.get("higher_is_better", True)
     het = np.array([not lab.startswith(HOMOGENEOUS_PREFIXES) for lab in labels])
     for col in columns:
-        shown = (table[(col, "mean")].to_numpy(dtype=float) * scale).round(decimals)
-        for kind, mask in (("best", np.ones(len(labels), bool)), ("hetero", het)):
-            if kind == "hetero" and not hetero:
-                continue
-            cand = np.where(mask & ~np.isnan(shown), shown, np.nan)
-            if (~np.isnan(cand)).sum() < 2:  # nothing to compare with
-                continue
-            target = np.nanmax(cand) if best == "max" else np.nanmin(cand)
-            for i in np.flatnonzero(cand == target):
-                marks[(int(i), col)] = marks.get((int(i), col), "") + kind[0]
-    return marks
+        ranked = (table[(col, "status")] == "").to_numpy() & het
+        means = np.where(ranked, table[(col, "mean")].to_numpy(dtype=float), np.nan)
+        if (~np.isnan(means)).sum() >= 2:
+            target = np.nanmax(means) if higher else np.nanmin(means)
+            out |= {(int(i), col) for i in np.flatnonzero(means == target)}
+    return out
 
 
-def _cell(values: pd.Series, scale: float, decimals: int, dev: str, fmt: str, mark: str) -> str:
-    mean, std, lo, hi, n = (float(values[s]) for s in STATS)
+def _cell(values: pd.Series, scale: float, decimals: int, dev: str, fmt: str, marks: bool, hetero: bool) -> str:
+    mean, lo, hi, std, low, high = (float(values[s]) for s in ("mean", "lo", "hi", "std", "min", "max"))
     if math.isnan(mean):
-        return {"latex": "--", "markdown": "–", "text": "-"}[fmt]
-    pm = r" $\pm$ " if fmt == "latex" else " ± "
-    text = f"{mean * scale:.{decimals}f}"
+        return _EMPTY[fmt]
+    mark = values["mark"] if marks else ""
+    note = values["status"] if values["status"] != "baseline" else ""
+    number = f"{mean * scale:.{decimals}f}"
     if dev == "std" and not math.isnan(std):
-        text += f"{pm}{std * scale:.{decimals}f}"
-    elif dev == "range" and n > 1 and not math.isnan(lo):
-        up, down = (hi - mean) * scale, (mean - lo) * scale
-        text = (f"${text}^{{+{up:.{decimals}f}}}_{{-{down:.{decimals}f}}}$" if fmt == "latex"
-                else f"{text} (+{up:.{decimals}f}/−{down:.{decimals}f})")
+        number += (r" $\pm$ " if fmt == "latex" else " ± ") + f"{std * scale:.{decimals}f}"
+    elif dev == "range" and int(values["n"]) > 1:
+        up, down = (high - mean) * scale, (mean - low) * scale
+        number = (f"${number}^{{+{up:.{decimals}f}}}_{{-{down:.{decimals}f}}}$" if fmt == "latex"
+                  else f"{number} (+{up:.{decimals}f}/−{down:.{decimals}f})")
+    interval = (f"[{lo * scale:.{decimals}f}, {hi * scale:.{decimals}f}]"
+                if dev == "ci" and not (math.isnan(lo) or math.isnan(hi)) else "")
     if fmt == "latex":
-        text = rf"\underline{{{text}}}" if "h" in mark else text
-        return rf"\textbf{{{text}}}" if "b" in mark else text
+        number = rf"\underline{{{number}}}" if hetero else number
+        number = (rf"\textbf{{{number}}}" if mark == "best" else number) + (r"$^\dagger$" if mark == "tie" else "")
+        small = " ".join(x for x in (interval, latex_escape(note).replace("≈", r"$\approx$")) if x)
+        return number + (rf" {{\scriptsize {small}}}" if small else "")
     if fmt == "markdown":
-        text = f"_{text}_" if "h" in mark else text
-        return f"**{text}**" if "b" in mark else text
-    return text + ("*" if "b" in mark else "") + ("†" if "h" in mark else "")
+        text = " ".join(x for x in (f"_{number}_" if hetero else number, interval) if x)
+        text = f"**{text}**" if mark == "best" else text
+    else:
+        text = " ".join(x for x in (number, interval) if x) + ("*" if mark == "best" else "") + ("‡" if hetero else "")
+    return text + ("†" if mark == "tie" else "") + (f" {note}" if note else "")
 
 
 def latex_escape(text: str) -> str:
@@ -274,14 +205,18 @@ def latex_escape(text: str) -> str:
 
 
 def _latex(header: list[str], labels: list[str], body: list[list[str]]) -> str:
+    """A booktabs tabular, with a rule between the baseline rows and the methods."""
     lines = [r"\begin{tabular}{l" + "c" * (len(header) - 1) + "}", r"\toprule",
              " & ".join(latex_escape(h) for h in header) + r" \\", r"\midrule"]
-    lines += [" & ".join([latex_escape(label), *cells]) + r" \\" for label, cells in zip(labels, body)]
+    for i, (label, cells) in enumerate(zip(labels, body)):
+        if i and labels[i - 1] in BASELINE_ROWS and label not in BASELINE_ROWS:
+            lines.append(r"\midrule")
+        lines.append(" & ".join([latex_escape(label), *cells]) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}"]
     return "\n".join(lines)
 
 
-def _text(header: list[str], labels: list[str], body: list[list[str]], best: bool, hetero: bool) -> str:
+def _text(header: list[str], labels: list[str], body: list[list[str]], legend: str) -> str:
     rows = [header, *[[label, *cells] for label, cells in zip(labels, body)]]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]
 
@@ -289,39 +224,57 @@ def _text(header: list[str], labels: list[str], body: list[list[str]], best: boo
         return "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
 
     lines = [fmt_row(header), "  ".join("-" * w for w in widths), *(fmt_row(r) for r in rows[1:])]
-    notes = (["* best per column"] if best else []) + (["† best heterogeneous method"] if hetero else [])
-    return "\n".join(lines + ([", ".join(notes)] if notes else []))
+    return "\n".join(lines + ([legend] if legend else []))
 
 
 # ------------------------------------------------------------------------------------------ export, facts
-def flat_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The table with one header level: ``"<column> <stat>"`` (raw values, not percent-scaled)."""
-    flat = table.copy()
-    flat.columns = [f"{col} {stat}" for col, stat in table.columns]
-    return flat.reset_index()
+def tidy_table(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per non-empty cell: row and column keys, ``<metric>``, ``<metric>_lo``, ``<metric>_hi``, ``n_seeds``.
+
+    Then the other :data:`STATS` (``interval``, ``status``, ``mark``, ...); raw values, not percent-scaled.
+    """
+    metric = table.attrs.get("metric", "value")
+    rows, columns = table.attrs.get("rows", table.index.name or "row"), table.attrs.get("columns", "column")
+    records = []
+    for row in table.index:
+        for col in dict.fromkeys(table.columns.get_level_values(0)):
+            cell = table.loc[row, col]
+            if math.isnan(float(cell["mean"])):
+                continue
+            records.append({rows: row, columns: col, metric: cell["mean"], f"{metric}_lo": cell["lo"],
+                            f"{metric}_hi": cell["hi"], "n_seeds": int(cell["n"]),
+                            **{s: cell[s] for s in STATS if s not in ("mean", "lo", "hi", "n")}})
+    return pd.DataFrame(records)
 
 
 def write_table(table: pd.DataFrame, path: str | Path) -> Path:
-    """Write the table as CSV (see :func:`flat_table`); returns the path."""
+    """Write the table as CSV, one row per cell (see :func:`tidy_table`); returns the path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    flat_table(table).to_csv(path, index=False)
+    tidy_table(table).to_csv(path, index=False)
     return path
 
 
-def column_leaders(table: pd.DataFrame, best: str = "auto") -> pd.DataFrame:
-    """Per column: the leading row, its mean, the runner-up, its mean, the margin and the leader's std."""
-    if best == "auto":
-        best = "max" if table.attrs.get("higher_is_better", True) else "min"
+def column_leaders(table: pd.DataFrame) -> pd.DataFrame:
+    """Per column: the best ranked row and the ranked rows that are not significantly worse than it.
+
+    Columns: ``column``, ``leader`` (marked best), ``mean``, ``std``, ``runner_up`` (the next ranked mean),
+    ``runner_up_mean``, ``margin`` and ``ties`` (the rows marked "not significantly worse").
+    """
+    higher = table.attrs.get("higher_is_better", True)
     out = []
     for col in dict.fromkeys(table.columns.get_level_values(0)):
-        means = table[(col, "mean")].dropna().astype(float)
+        marks = table[(col, "mark")]
+        means = table.loc[marks.isin(["best", "tie"]), (col, "mean")].dropna().astype(float)
         if not len(means):
             continue
-        ranked = means.sort_values(ascending=best == "min", kind="stable")
-        runner = ranked.index[1] if len(ranked) > 1 else None
-        out.append({"column": col, "leader": ranked.index[0], "mean": ranked.iloc[0],
-                    "std": float(table.loc[ranked.index[0], (col, "std")]),
-                    "runner_up": runner, "runner_up_mean": ranked.iloc[1] if runner is not None else np.nan,
-                    "margin": abs(ranked.iloc[0] - ranked.iloc[1]) if runner is not None else np.nan})
+        order = means.sort_values(ascending=not higher, kind="stable")
+        leader = next(r for r in order.index if marks[r] == "best")
+        rest = order.drop(leader)
+        runner = rest.index[0] if len(rest) else None
+        out.append({"column": col, "leader": leader, "mean": order[leader],
+                    "std": float(table.at[leader, (col, "std")]),
+                    "runner_up": runner, "runner_up_mean": rest.iloc[0] if runner is not None else np.nan,
+                    "margin": abs(order[leader] - rest.iloc[0]) if runner is not None else np.nan,
+                    "ties": [r for r in order.index if marks[r] == "tie"]})
     return pd.DataFrame(out)

@@ -4,9 +4,11 @@
   ``status``, ``label`` (the variant), ``setting``, ``seed``, every grid axis as a column named by its
   dotted key, and ``method.name``, ``ranks.distribution``, ``data.partition``.
 - ``trials.parquet``: one row per trial: the same identifying columns, ``status`` (``completed``,
-  ``error``, ``incomplete``, ``pending``), ``final_<metric>`` (value at the last evaluated round),
-  ``best_<metric>`` (max over rounds, task metrics only), ``wall_seconds`` (the trial's own wall time,
-  setup included, summed over attempts), ``rounds_completed``, ``attempts`` and ``error`` (a message).
+  ``error``, ``incomplete``, ``pending``), ``final_<metric>`` (value at the last evaluated round after
+  training), ``best_<metric>`` (max over the rounds after training, task metrics only),
+  ``untrained_<metric>`` (round 0, the model before training, when the run evaluated it; see
+  :mod:`analysis.values` for these rules), ``wall_seconds`` (the trial's own wall time, setup included,
+  summed over attempts), ``rounds_completed``, ``attempts`` and ``error`` (a message).
 """
 
 from __future__ import annotations
@@ -18,8 +20,9 @@ from typing import Any
 import pandas as pd
 
 from analysis.load import read_csv_or_empty
+from analysis.values import trial_values, untrained_values
 from core.files import atomic_write_bytes
-from sweeps.spec import TrialSpec, columns_of
+from sweeps.trials import TrialSpec, columns_of
 from sweeps.tune_runner import TRIALS_DIR, read_trial_state
 
 TASK_METRICS = ("accuracy", "mcc", "rouge_l", "personal_accuracy", "personal_mcc", "personal_rouge_l")
@@ -68,14 +71,17 @@ def build_tables(sweep_dir: Path, trials: list[TrialSpec], tune_errors: dict[str
 
 
 def _final_best(rounds: pd.DataFrame) -> dict[str, float]:
+    """``final_<col>``, ``best_<col>`` (task metrics) and ``untrained_<col>`` of one trial's rounds.csv."""
     out: dict[str, float] = {}
+    frame = rounds.assign(trial_id="trial")
     for col in TASK_METRICS + LOSSES:
         if col not in rounds.columns or not rounds[col].notna().any():
             continue
-        values = rounds[col].dropna()
-        out[f"final_{col}"] = float(values.iloc[-1])
-        if col in TASK_METRICS:
-            out[f"best_{col}"] = float(values.max())
+        for stat in ("final", "best") if col in TASK_METRICS else ("final",):
+            vals = trial_values(frame, col, stat, by=())
+            if len(vals):
+                out[f"{stat}_{col}"] = float(vals["value"].iloc[0])
+        out.update({f"untrained_{col}": v for v in untrained_values(frame, col).values()})
     return out
 
 

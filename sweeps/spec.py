@@ -8,6 +8,7 @@ A sweep YAML::
       rounds: 20
       data: {dataset: rotten_tomatoes}
     metric: accuracy                            # optional headline metric (default: the task's own)
+    focus: Fed-PLoRA                            # optional: the variant the report compares the others with
     axes:
       variants:                                 # optional named bundles of overrides (methods, ranks)
         - {label: Fed-PLoRA, set: {method.name: fedplora}}
@@ -38,7 +39,7 @@ import yaml
 from orchestrator.config import all_keys, apply_overrides, unknown_key_message
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
-TOP_KEYS = ("name", "description", "base", "base_config", "metric", "axes")
+TOP_KEYS = ("name", "description", "base", "base_config", "metric", "focus", "axes")
 AXES_KEYS = ("variants", "settings", "grid", "seeds")
 BUNDLE_KEYS = ("label", "set")
 METRICS = ("accuracy", "mcc", "rouge_l", "personal_accuracy", "personal_mcc", "personal_rouge_l")
@@ -69,6 +70,7 @@ class SweepSpec:
     seeds: tuple[int, ...] | None = None
     metric: str | None = None
     description: str = ""
+    focus: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as it would be written (``base`` already merged with ``base_config``)."""
@@ -85,6 +87,8 @@ class SweepSpec:
                                "axes": axes}
         if self.metric:
             out["metric"] = self.metric
+        if self.focus:
+            out["focus"] = self.focus
         return out
 
 
@@ -170,10 +174,15 @@ def parse_spec(data: dict[str, Any], source_dir: Path | None = None, default_nam
     metric = data.get("metric")
     if metric is not None and metric not in METRICS:
         errors.append(_unknown("metric", metric, METRICS))
+    focus = data.get("focus")
+    labels = [b.label for b in variants]
+    if focus is not None and focus not in labels:
+        errors.append(f"focus={focus!r} must be the label of one of axes.variants: {labels}")
     if errors:
         raise SweepSpecError(join_errors("the sweep is invalid", errors))
     return SweepSpec(name=str(data.get("name") or default_name), base=base, variants=variants, settings=settings,
-                     grid=grid, seeds=seeds, metric=metric, description=str(data.get("description") or ""))
+                     grid=grid, seeds=seeds, metric=metric, description=str(data.get("description") or ""),
+                     focus=focus)
 
 
 def _base(data: dict[str, Any], source_dir: Path | None, errors: list[str]) -> dict[str, Any]:

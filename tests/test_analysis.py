@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -19,6 +20,7 @@ from analysis.tables import (
     format_table,
     latex_escape,
     row_order_key,
+    tidy_table,
     trial_values,
     write_table,
 )
@@ -234,20 +236,23 @@ def test_row_order_follows_the_paper():
                                                  "HETLoRA", "FFA-LoRA", "pFedLoRA", "Fed-PLoRA (drop)", "Fed-PLoRA"]
 
 
-def test_format_markdown_bolds_the_best_per_column(frames):
+def test_format_markdown_bolds_the_best_and_daggers_the_ties(frames):
+    # two seeds, no per-example records: t-intervals over seeds (cut at 100), paired t-tests over seeds.
+    # FedIT (R) - HETLoRA is +0.10 on both IID seeds (certain: significant); every other gap is not.
     table = comparison_table(frames[0])
-    text = format_table(table, fmt="markdown")
-    lines = text.splitlines()
+    lines = format_table(table, fmt="markdown").splitlines()
     assert lines[0] == f"| Method | {IID} | {DIR} | Avg |"
-    assert lines[2] == "| FedIT (R) | **82.00 ± 2.83** | 72.00 ± 2.83 | 77.00 ± 2.83 |"
-    assert lines[3] == "| HETLoRA | 72.00 ± 2.83 | 61.00 ± 1.41 | 66.50 ± 2.12 |"
-    assert lines[4] == "| Fed-PLoRA | 79.00 ± 1.41 | **76.00 ± 1.41** | **77.50 ± 1.41** |"
-    hetero = format_table(table, fmt="markdown", hetero=True).splitlines()
-    assert hetero[4] == "| Fed-PLoRA | _79.00 ± 1.41_ | **_76.00 ± 1.41_** | **_77.50 ± 1.41_** |"
+    assert lines[2] == "| FedIT (R) | **82.00 [56.59, 100.00]** | 72.00 [46.59, 97.41]† | 77.00 [51.59, 100.00]† |"
+    assert lines[3] == "| HETLoRA | 72.00 [46.59, 97.41] | 61.00 [48.29, 73.71] | 66.50 [47.44, 85.56]† |"
+    assert lines[4] == "| Fed-PLoRA | 79.00 [66.29, 91.71]† | **76.00 [63.29, 88.71]** | **77.50 [64.79, 90.21]** |"
+    std = format_table(table, fmt="markdown", dev="std").splitlines()
+    assert std[2] == "| FedIT (R) | **82.00 ± 2.83** | 72.00 ± 2.83† | 77.00 ± 2.83† |"
+    hetero = format_table(table, fmt="markdown", hetero=True, dev="std").splitlines()
+    assert hetero[4] == "| Fed-PLoRA | _79.00 ± 1.41_† | **_76.00 ± 1.41_** | **_77.50 ± 1.41_** |"
     ranged = format_table(table, fmt="markdown", dev="range").splitlines()
     assert "**82.00 (+2.00/−2.00)**" in ranged[2]
     text_fmt = format_table(table, fmt="text")
-    assert "82.00 ± 2.83*" in text_fmt and "* best per column" in text_fmt
+    assert "82.00 [56.59, 100.00]*" in text_fmt and "*: best mean among the cells significantly above" in text_fmt
     assert format_table(table, fmt="markdown", best=None).count("**") == 0
 
 
@@ -256,7 +261,8 @@ def test_format_latex_escapes_and_bolds(frames):
     table = comparison_table(results)
     tex = format_table(table, fmt="latex")
     assert r"HET\_LoRA \& 50\%" in tex
-    assert r"\textbf{82.00 $\pm$ 2.83}" in tex
+    assert r"\textbf{82.00} {\scriptsize [56.59, 100.00]}" in tex and r"79.00$^\dagger$ {\scriptsize" in tex
+    assert r"\textbf{82.00 $\pm$ 2.83}" in format_table(table, fmt="latex", dev="std")
     assert tex.startswith(r"\begin{tabular}{lccc}") and tex.rstrip().endswith(r"\end{tabular}")
     assert r"Method & IID & non-IID (Dir 0.5) & Avg \\" in tex
     assert latex_escape("a_b#c$d{e}~^\\") == r"a\_b\#c\$d\{e\}\textasciitilde{}\textasciicircum{}\textbackslash{}"
@@ -269,12 +275,14 @@ def test_single_setting_has_no_avg_and_csv_roundtrip(frames, tmp_path):
     table = comparison_table(results)
     assert list(dict.fromkeys(table.columns.get_level_values(0))) == [IID]
     path = write_table(table, tmp_path / "t.csv")
-    back = pd.read_csv(path)
-    assert back.columns[0] == "label" and f"{IID} mean" in back.columns
-    assert back.set_index("label").loc["Fed-PLoRA", f"{IID} mean"] == pytest.approx(0.79)
+    back = pd.read_csv(path).set_index("label")
+    assert list(back.columns[:5]) == ["setting", "accuracy", "accuracy_lo", "accuracy_hi", "n_seeds"]
+    assert back.loc["Fed-PLoRA", "accuracy"] == pytest.approx(0.79)
+    assert back.loc["Fed-PLoRA", "accuracy_hi"] == pytest.approx(table.loc["Fed-PLoRA", (IID, "hi")])
+    assert back.loc["Fed-PLoRA", "interval"] == "seeds" and back.loc["Fed-PLoRA", "mark"] == "tie"
     leaders = column_leaders(table)
     assert leaders.loc[0, "leader"] == "FedIT (R)" and leaders.loc[0, "runner_up"] == "Fed-PLoRA"
-    assert leaders.loc[0, "margin"] == pytest.approx(0.03, abs=1e-12)
+    assert leaders.loc[0, "margin"] == pytest.approx(0.03, abs=1e-12) and leaders.loc[0, "ties"] == ["Fed-PLoRA"]
 
 
 def test_unknown_metric_is_a_clear_error(frames):
@@ -349,20 +357,23 @@ def test_plots_return_none_when_data_is_missing(frames, tmp_path, caplog):
 def test_report_on_a_sweep_folder(sweep_dir, capsys):
     assert report_main([str(sweep_dir), "--axis", "ranks.distribution"]) == 0
     text = (sweep_dir / "report.md").read_text()
-    table_md = format_table(comparison_table(load_sweep(sweep_dir).results), fmt="markdown", hetero=True)
+    table_md = format_table(comparison_table(load_sweep(sweep_dir)), fmt="markdown")
     assert table_md in text
     assert "## Trials" in text and "| t12 | Fed-PLoRA | IID | 2 | ERROR |" in text
     assert "RuntimeError: worker died \\| badly" in text and "| t13 | FLoRA | IID | 0 | RUNNING |" in text
     assert "Not in the table: 2 trials" in text
-    assert "In non-IID (Dir 0.5), Fed-PLoRA leads with 76.00, 4.00 points ahead of FedIT (R) (72.00)." in text
-    assert "Fed-PLoRA is ahead of the best heterogeneous baseline (HETLoRA) in 2 of 2 settings" in text
+    assert (f"In {DIR}: Fed-PLoRA has the best mean (76.00 [63.29, 88.71]); FedIT (R) is not distinguishable from "
+            "it at this budget (†), so no single method leads." in text)
+    assert "leads with" not in text and "ahead of" not in text  # ties are never announced as leads
+    assert "FedIT (R) is better than HETLoRA: +10.00 points" in text  # the one significant gap (IID)
+    assert "Focus method: FedIT (R)" in text  # no sweep.yaml here: the first trial's method
     for name in ("comparison.csv", "comparison.tex", "figures/curves_accuracy.png", "figures/noise.png",
                  "figures/communication_accuracy.png", "figures/similarity_iid.png", "figures/partition_iid.png",
                  "figures/by_ranks.distribution.png"):
         assert (sweep_dir / name).is_file(), name
         assert f"]({name})" in text or name.startswith("comparison.tex") or name in text
     out = capsys.readouterr().out
-    assert "82.00 ± 2.83*" in out and f"report: {sweep_dir / 'report.md'}" in out
+    assert "82.00 [56.59, 100.00]*" in out and f"report: {sweep_dir / 'report.md'}" in out
 
 
 def test_report_falls_back_to_an_available_metric(sweep_dir):
@@ -377,8 +388,8 @@ def test_report_on_a_single_run_folder(tmp_path, capsys):
     assert report_main([str(tmp_path / "run")]) == 0
     text = (tmp_path / "run" / "report.md").read_text()
     assert "# Run report: run" in text
-    assert f"| Method | {IID} |" in text and "| Fed-PLoRA | 78.00 |" in text
-    assert "Final accuracy 78.00 at round 4; best 78.00 at round 4" in text
+    assert f"| Method | {IID} |" in text and "| Fed-PLoRA | 78.00 |" in text  # one seed, no records: no interval
+    assert "Final accuracy 78.00 at round 4; best 78.00 at round 4 (2 evaluated rounds after training)" in text
     assert (tmp_path / "run" / "figures" / "curves_accuracy.png").is_file()
     assert (tmp_path / "run" / "figures" / "similarity_iid.png").is_file()
     assert "Fed-PLoRA" in capsys.readouterr().out
@@ -417,5 +428,228 @@ def test_sweep_writer_vocabulary_defaults_and_grid_rows(frames, tmp_path):
     assert report_main([str(d), "--no-figures"]) == 0
     text = (d / "report.md").read_text()
     assert "Rows are split by `train.lr`" in text and "| Fed-PLoRA (train.lr=0.002) |" in text
-    assert "At train.lr=0.001: Fed-PLoRA is ahead of the best heterogeneous baseline (HETLoRA) in 2 of 2" in text
+    # the focus (the first trial's method: FedIT) is compared within its train.lr group only (one seed each
+    # and no per-example records: no test is possible, so nothing is claimed)
+    assert ("FedIT (R) (train.lr=0.001) vs HETLoRA (train.lr=0.001): no paired test was possible" in text)
+    assert "FedIT (R) (train.lr=0.001) vs HETLoRA (train.lr=0.002)" not in text
     assert "| t13 | FLoRA | IID | 0 | pending |" in text
+
+
+# ------------------------------------------------------------------------------------------ evidence
+# A one-seed sweep with per-example records on a 400-example test set (examples 0-255 of class 1: majority
+# rate 64%). Round 0 (untrained) predicts class 0 everywhere (36%). Examples each method gets wrong at its
+# final round: FLoRA differs from Fed-PLoRA on 2 examples (a tie); FedIT (R) IID is wrong on 40 more (all
+# minority-class) examples (significantly worse, still above the majority rate); FedIT (R) non-IID is
+# 65% with all its errors on the majority class (not significantly above 64%); HETLoRA predicts class 1.
+WRONG = {IID: {"Fed-PLoRA": range(60), "FLoRA": range(62), "FedIT (R)": [*range(60), *range(256, 296)],
+               "HETLoRA": "majority"},
+         DIR: {"Fed-PLoRA": range(80), "FLoRA": range(82), "FedIT (R)": range(140), "HETLoRA": "majority"}}
+N_TEST, N_MAJOR = 400, 256
+METHOD_NAMES = {"Fed-PLoRA": "fedplora", "FLoRA": "flora", "FedIT (R)": "fedit", "HETLoRA": "hetlora"}
+NOTE = "client 3: topped up from 5 to 8 examples (Dirichlet split)"
+
+
+def _predictions(wrong) -> np.ndarray:
+    labels = (np.arange(N_TEST) < N_MAJOR).astype(int)
+    if wrong == "majority":
+        return np.ones(N_TEST, dtype=int)
+    pred = labels.copy()
+    pred[list(wrong)] = 1 - labels[list(wrong)]
+    return pred
+
+
+def write_evidence_trial(folder, label: str, partition: str, wrong) -> None:
+    """A trial folder in the new contract: round 0 in rounds.csv, examples.parquet, baselines in summary.json."""
+    from workers.task_metrics import matthews_corrcoef
+
+    folder.mkdir(parents=True)
+    method = METHOD_NAMES[label]
+    (folder / "config.yaml").write_text(yaml.safe_dump(config_for(method, partition, 0), sort_keys=False))
+    labels = (np.arange(N_TEST) < N_MAJOR).astype(int)
+    preds = {0: np.zeros(N_TEST, dtype=int), 4: _predictions(wrong)}
+    preds[2] = preds[4].copy()
+    preds[2][100:110] = 1 - labels[100:110]  # round 2: 10 more mistakes than the final round
+    frames, rows = [], []
+    for rnd, pred in sorted(preds.items()):
+        score = (pred == labels).astype(float)
+        frames.append(pd.DataFrame({"round": rnd, "scope": "global", "client": -1, "example": np.arange(N_TEST),
+                                    "label": labels, "prediction": pred, "score": score, "loss": 1.0 - score}))
+        if rnd == 0:
+            rows.append({"round": 0, "accuracy": score.mean(), "mcc": matthews_corrcoef(pred, labels),
+                         "eval_loss": 1 - score.mean(), "eval_examples": N_TEST})
+    pd.concat(frames).to_parquet(folder / "examples.parquet")
+    for row in rounds_rows(method, float((preds[4] == labels).mean()), float((preds[2] == labels).mean())):
+        if row["accuracy"] == row["accuracy"]:
+            row["mcc"] = matthews_corrcoef(preds[row["round"]], labels)
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(folder / "rounds.csv", index=False)
+    summary = {"method": method, "rounds": ROUNDS, "final": {}, "best": {}, "bytes_down_total": 1, "bytes_up_total": 1,
+               "wall_seconds": 1.0, "test_examples": N_TEST, "data_notes": [NOTE] if partition == "dirichlet" else [],
+               "baselines": {"majority_class": 1, "majority_rate": N_MAJOR / N_TEST,
+                             "minority_rate": 1 - N_MAJOR / N_TEST,
+                             "untrained": {"accuracy": 1 - N_MAJOR / N_TEST, "mcc": 0.0}}}
+    (folder / "summary.json").write_text(json.dumps(summary))
+
+
+@pytest.fixture(scope="module")
+def evidence_dir(tmp_path_factory):
+    """A sweep folder without result tables (rebuilt from the trial folders) and with a sweep.yaml.
+
+    Shared by the tests of this module (read-only: a test that writes into it works on a copy).
+    """
+    d = tmp_path_factory.mktemp("evidence") / "sweep_folder"
+    for setting, partition in ((IID, "iid"), (DIR, "dirichlet")):
+        for label, wrong in WRONG[setting].items():
+            write_evidence_trial(d / "trials" / f"{METHOD_NAMES[label]}-{partition}", label, partition, wrong)
+    variants = [{"label": lab, "set": {"method.name": m}} for lab, m in METHOD_NAMES.items()]
+    (d / "sweep.yaml").write_text(yaml.safe_dump({"spec": {"name": "evidence_demo", "axes": {"variants": variants}}}))
+    return d
+
+
+def test_examples_baselines_and_round_zero_load(evidence_dir, sweep_dir):
+    sweep = load_sweep(evidence_dir)
+    assert sweep.name == "evidence_demo"
+    assert set(sweep.examples["trial_id"]) == {"fedplora-iid", "flora-iid", "fedit-iid", "hetlora-iid",
+                                               "fedplora-dirichlet", "flora-dirichlet", "fedit-dirichlet",
+                                               "hetlora-dirichlet"}
+    assert len(sweep.examples) == 8 * 3 * N_TEST and str(sweep.examples["example"].dtype) == "int64"
+    some = sweep.load_examples({"flora-iid": [0, 4]})
+    assert set(some["round"]) == {0, 4} and set(some["trial_id"]) == {"flora-iid"}
+    base = sweep.baselines.set_index("trial_id")
+    assert base.loc["fedit-iid", "majority_rate"] == pytest.approx(0.64)
+    assert base.loc["fedit-iid", "test_examples"] == 400
+    assert base.loc["fedit-dirichlet", "data_notes"] == (NOTE,) and base.loc["fedit-iid", "data_notes"] == ()
+    # round 0 is the untrained model: neither the final nor the best value of a trial
+    vals = trial_values(sweep.results, "accuracy", "best").set_index("trial_id")
+    assert vals.loc["fedplora-iid", "round"] == 4 and vals.loc["fedplora-iid", "value"] == pytest.approx(0.85)
+    only_zero = sweep.results[(sweep.results["round"] == 0)]
+    assert not len(trial_values(only_zero, "accuracy", "final"))
+    # folders written before examples and baselines existed still load, with empty frames
+    old = load_sweep(sweep_dir)
+    assert not len(old.examples) and list(old.examples.columns[:3]) == ["round", "scope", "client"]
+    assert old.baselines["majority_rate"].isna().all() and not len(load_run(sweep_dir / "trials" / "t00").examples)
+
+
+def test_table_has_baselines_intervals_and_significance_marks(evidence_dir):
+    table = comparison_table(load_sweep(evidence_dir))
+    assert list(table.index) == ["Majority class", "Untrained", "FedIT (R)", "FLoRA", "HETLoRA", "Fed-PLoRA"]
+    cell = table.loc["Fed-PLoRA", IID]
+    assert cell["mean"] == pytest.approx(0.85) and cell["lo"] < 0.85 < cell["hi"] and cell["interval"] == "examples"
+    assert cell["hi"] - cell["lo"] == pytest.approx(2 * 1.96 * math.sqrt(0.85 * 0.15 / 400), abs=0.012)
+    assert (cell["mark"], cell["status"], cell["test_examples"], cell["n"]) == ("best", "", 400, 1)
+    assert table.loc["FLoRA", (IID, "mark")] == "tie"  # 2 discordant examples: McNemar p = 0.5
+    assert table.loc["FedIT (R)", (IID, "mark")] == "" and table.loc["FedIT (R)", (IID, "status")] == ""
+    assert table.loc["HETLoRA", (IID, "status")] == "≈ majority" and table.loc["HETLoRA", (IID, "mark")] == ""
+    # 65% vs a 64% majority rate on the same examples (144 vs 140 discordant): not significantly above it
+    assert table.loc["FedIT (R)", (DIR, "status")] == "≈ majority"
+    assert table.loc["Majority class", (IID, "mean")] == pytest.approx(0.64)
+    assert table.loc["Untrained", (IID, "mean")] == pytest.approx(0.36)
+    assert table.loc["Fed-PLoRA", (IID, "best")] == pytest.approx(0.85)  # best == final (round 2 is lower)
+    assert table.loc["HETLoRA", ("Avg", "status")] == "≈ baseline in 2/2"
+    md = format_table(table, fmt="markdown")
+    assert "| HETLoRA | 64.00 [" in md and "] ≈ majority |" in md and "**85.00 [" in md and "]†" in md
+    tex = format_table(table, fmt="latex")
+    assert r"\textbf{85.00}" in tex and r"84.50$^\dagger$" in tex and r"$\approx$ majority" in tex
+
+
+@pytest.fixture(scope="module")
+def evidence_report(evidence_dir, tmp_path_factory):
+    """The default report of a copy of the evidence sweep: ``(folder, report text)``."""
+    d = tmp_path_factory.mktemp("evidence_report") / "sweep_folder"
+    shutil.copytree(evidence_dir, d)
+    assert report_main([str(d), "--no-figures"]) == 0
+    return d, (d / "report.md").read_text()
+
+
+def test_report_claims_only_significant_differences(evidence_report):
+    _, text = evidence_report
+    assert text.startswith("# Sweep report: evidence_demo\n")  # the sweep's name, not the folder's
+    assert "Focus method: Fed-PLoRA" in text  # the sweep's first variant
+    assert "| Majority class | 64.00 | 64.00 | 64.00 |" in text and "| Untrained | 36.00 [" in text
+    assert f"- {NOTE} (4 of 8 trials)" in text and "- Test set: 400 examples per trial" in text
+    assert "HETLoRA (64.00 [" in text and "is not significantly above the majority-class rate: not a result." in text
+    assert ("Fed-PLoRA and FLoRA are not distinguishable at this budget: +0.50 points, 95% CI" in text
+            and "test examples per seed (now 400)" in text)
+    assert "Fed-PLoRA is better than FedIT (R): +10.00 points" in text
+    assert "Fed-PLoRA vs HETLoRA" not in text and "Fed-PLoRA and HETLoRA" not in text  # not a result: not compared
+    assert "leads with" not in text and "so no single method leads" in text
+    assert "`mcc` (x100) of the same trials" in text and "bootstrap over test examples (one seed" in text
+    assert "Untuned" not in text
+
+
+def test_report_and_dataframe_api_give_the_same_numbers(evidence_report):
+    folder, text = evidence_report
+    csv = pd.read_csv(folder / "comparison.csv")
+    table = comparison_table(load_sweep(folder))
+    api = tidy_table(table)
+    assert list(csv.columns) == list(api.columns) and len(csv) == len(api)
+    for col in ("accuracy", "accuracy_lo", "accuracy_hi", "n_seeds", "p_untrained", "p_majority"):
+        assert np.allclose(csv[col].to_numpy(float), api[col].to_numpy(float), equal_nan=True, rtol=0, atol=1e-12)
+    assert csv["mark"].fillna("").tolist() == api["mark"].tolist()
+    assert format_table(table, fmt="markdown") in text
+
+
+def test_focus_is_a_parameter(evidence_dir, tmp_path):
+    shutil.copytree(evidence_dir, tmp_path / "copy")
+    assert report_main([str(tmp_path / "copy"), "--no-figures", "--focus", "FedIT (R)"]) == 0
+    text = (tmp_path / "copy" / "report.md").read_text()
+    assert "Focus method: FedIT (R)" in text and "FedIT (R) is worse than Fed-PLoRA: -10.00 points" in text
+    assert "FedIT (R) is not compared with the other methods here: it is not a result." in text  # the non-IID cell
+
+
+def test_setup_lists_only_the_options_that_applied():
+    from analysis.describe import option_lines
+
+    configs = pd.DataFrame({
+        "trial_id": ["a", "b", "c"], "data.partition": ["iid", "dirichlet", "dirichlet"],
+        "data.alpha": [0.5, 0.3, 0.3], "data.classes_per_client": [2, 2, 2], "data.path": ["x.csv"] * 3,
+        "data.max_length": [48] * 3, "data.global_test_size": [200] * 3, "data.max_examples": [None] * 3,
+        "ranks.distribution": ["groups", "homogeneous", "groups"], "ranks.rank": [None, 4, None]})
+    fixed, varied = option_lines(configs)
+    assert "`data.alpha` = 0.3 (data.partition dirichlet only)" in fixed  # IID's default is not "varied"
+    assert "classes_per_client" not in fixed + varied and "max_examples" not in fixed
+    assert "`data.path` = x.csv" in fixed and "`data.max_length` = 48" in fixed
+    assert "`data.global_test_size` = 200" in fixed
+    assert "`ranks.rank` = 4 (ranks.distribution homogeneous only)" in fixed
+    assert varied == "- Varied: `data.partition`: iid, dirichlet; `ranks.distribution`: groups, homogeneous."
+
+
+def test_figures_show_values_baselines_and_round_zero(evidence_dir, frames, monkeypatch, tmp_path):
+    figs = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out: figs.append(fig) or out)
+    sweep = load_sweep(evidence_dir)
+    plots.plot_curves(sweep.results, tmp_path / "c.png", baselines=sweep.baselines)
+    ax = figs[-1].axes[0]
+    curve = next(line for line in ax.lines if line.get_label() == "Fed-PLoRA")
+    assert curve.get_xdata()[0] == 0 and curve.get_marker() == "o"  # starts at the untrained model; few rounds
+    assert any(line.get_label() == "majority class" for line in ax.lines)
+    assert figs[-1].legends and all(a.get_legend() is None for a in figs[-1].axes)  # the legend is outside
+    plots.plot_curves(frames[0], tmp_path / "c2.png")  # two seeds: shaded 95% bands
+    assert figs[-1].axes[0].collections
+    plots.plot_noise(frames[0], tmp_path / "n.png")
+    figs[-1].canvas.draw()
+    for ax in figs[-1].axes:
+        labels = [t.get_text() for t in ax.get_yticklabels() if t.get_text()]
+        assert len(labels) >= 2, ax.get_ylabel()
+    assert "= 0 every round (not drawn): Fed-PLoRA" in figs[-1].axes[0].get_xlabel()
+    write_run(tmp_path / "simrun", trial_specs()[8])
+    plots.plot_similarity(load_run(tmp_path / "simrun").similarity, tmp_path / "s.png")
+    assert figs[-1].axes[0].get_xlabel() == "rank slot j" and figs[-1].axes[0].get_ylabel() == "rank slot i"
+
+
+def test_trials_table_values_ignore_round_zero():
+    from sweeps.results import _final_best
+
+    rounds = pd.DataFrame({"round": [0, 1, 2, 3], "accuracy": [0.95, NAN, 0.8, 0.7],
+                           "train_loss": [NAN, 1.0, 0.5, 0.4], "eval_loss": [0.1, NAN, 0.5, 0.6]})
+    assert _final_best(rounds) == {"final_accuracy": 0.7, "best_accuracy": 0.8, "untrained_accuracy": 0.95,
+                                   "final_eval_loss": 0.6, "untrained_eval_loss": 0.1, "final_train_loss": 0.4}
+    assert _final_best(rounds.iloc[:1]) == {"untrained_accuracy": 0.95, "untrained_eval_loss": 0.1}
+
+
+def test_the_package_exports_the_evidence_api():
+    import analysis
+
+    for name in ("assess", "Evidence", "evidence_table", "tidy_table", "table_legend", "focus_method", "stats",
+                 "read_examples", "untrained_values", "write_report"):
+        assert hasattr(analysis, name), name

@@ -363,3 +363,10 @@ def test_killed_sweep_resumes_to_the_same_trials_table(reference_sweep, ray_clus
         assert state["attempts"] == 2, state
         print(f"killed after round {killed_at} of 3; resumed")
     assert _state(out, first)["attempts"] == 1  # a finished trial is never rerun
+
+
+def test_focus_must_name_a_variant_and_is_kept_in_the_spec():
+    spec = parse_spec({**tiny_spec(variants=[FEDPLORA, FEDIT_HALF]), "focus": FEDIT_HALF["label"]})
+    assert spec.focus == FEDIT_HALF["label"] and spec.to_dict()["focus"] == FEDIT_HALF["label"]
+    with pytest.raises(SweepSpecError, match=r"focus='FLoRA' must be the label of one of axes.variants"):
+        parse_spec({**tiny_spec(variants=[FEDPLORA, FEDIT_HALF]), "focus": "FLoRA"})
