@@ -445,7 +445,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     t_wall = time.perf_counter()
     torch.set_num_threads(args.threads)
-    overrides = ["train.local_steps=2"] if args.quick else []
+    # the plain loop is PEFT's own SEQ_CLS model (CLS pooler): the worker trains the same architecture
+    overrides = ["model.pooling=cls"] + (["train.local_steps=2"] if args.quick else [])
     cfg = load_config(ROOT / args.config, overrides)
     iterations, mem_clients = (2, 5) if args.quick else (args.iterations, args.memory_clients)
     memory_steps, reference_jobs = (1, 0) if args.quick else (args.memory_steps, args.reference_jobs)
@@ -462,7 +463,8 @@ def main(argv: list[str] | None = None) -> dict:
         if not args.skip_throughput:
             result["throughput"] = throughput(cfg, iterations, args.warmup, not args.no_profile)
         if not args.skip_memory:
-            mcfg = load_config(ROOT / args.config, [f"data.num_clients={max(mem_clients, cfg.data.num_clients)}",
+            mcfg = load_config(ROOT / args.config, ["model.pooling=cls",
+                                                    f"data.num_clients={max(mem_clients, cfg.data.num_clients)}",
                                                     f"train.local_steps={memory_steps}"])
             result["memory"] = memory(mcfg, mem_clients, min(args.memory_per_round, mem_clients), reference_jobs)
     finally:

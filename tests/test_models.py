@@ -1,9 +1,17 @@
+import json
 import time
 
 import pytest
 import torch
 
-from workers.models import ModelConfig, head_state, load_model, target_module_specs
+from workers.models import (
+    MeanPoolingClassifier,
+    ModelConfig,
+    head_state,
+    load_model,
+    sentence_transformer_pooling,
+    target_module_specs,
+)
 from workers.train_config import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -13,7 +21,7 @@ pytestmark = pytest.mark.usefixtures("single_thread")
 
 def test_model_config_defaults_and_normalisation():
     cfg = ModelConfig()
-    assert (cfg.name, cfg.target_modules, cfg.dtype) == ("minilm", None, "float32")
+    assert (cfg.name, cfg.target_modules, cfg.dtype, cfg.pooling) == ("minilm", None, "float32", "auto")
     # a sweep YAML gives a list: stored as a tuple (hashable, frozen)
     assert ModelConfig(target_modules=["query", "value"]).target_modules == ("query", "value")
     assert ModelConfig(dtype="bfloat16").torch_dtype == torch.bfloat16
@@ -25,6 +33,8 @@ def test_model_config_defaults_and_normalisation():
     (dict(target_modules=[]), r"model\.target_modules=\[\]"),
     (dict(target_modules=["query", "query"]), r"model\.target_modules.*duplicates"),
     (dict(target_modules=["query", ""]), r"model\.target_modules"),
+    (dict(pooling="max"), r"model\.pooling='max' is not allowed; choose one of \['auto', 'cls', 'mean'\]"),
+    (dict(pooling=None), r"model\.pooling=None is not allowed"),
 ])
 def test_model_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -129,3 +139,130 @@ def test_smollm2_reloads_from_the_cache_fast():
     assert elapsed < 5.0, f"cached SmolLM2 reload took {elapsed:.1f} s (the GGUF path takes 15-20 s)"
     assert loaded.family == "llama" and len(loaded.targets) == 60  # 30 layers x (q_proj, v_proj)
     assert "quantization_config" not in loaded.model.config.to_dict()
+
+
+# ---------------------------------------------------------------- pooling
+
+
+def _batch(tokenizer, texts):
+    enc = tokenizer(texts, padding=True, return_tensors="pt")
+    return {k: v for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+
+def test_mean_pooling_is_the_attention_mask_weighted_mean_of_the_last_hidden_states():
+    loaded = load_model(ModelConfig("tiny-llama", pooling="mean"), "classification", 3, seed=5)
+    model = loaded.model
+    assert isinstance(model, MeanPoolingClassifier) and loaded.pooling == "mean"
+    batch = _batch(loaded.tokenizer, ["a long enough sentence to pad the others", "short", "mid length"])
+    mask = batch["attention_mask"]
+    assert (mask == 0).any()  # the batch has padding
+    with torch.no_grad():
+        hidden = model.backbone(**batch).last_hidden_state  # (batch, tokens, hidden)
+        expected = torch.stack([hidden[i, mask[i].bool()].mean(0) for i in range(len(mask))])
+        pooled = model.pooled(**batch)
+        torch.testing.assert_close(pooled, expected)
+        # eval mode (no dropout): the logits are the linear head of the pooled states
+        logits = model(**batch).logits
+        torch.testing.assert_close(logits, model.classifier(expected))
+        # extra padding does not change an example's pooled state
+        alone = model.pooled(**_batch(loaded.tokenizer, ["short"]))
+        torch.testing.assert_close(alone[0], pooled[1], rtol=1e-4, atol=1e-5)
+    assert logits.shape == (3, 3)
+
+
+def test_mean_pooling_keeps_the_backbone_weights_target_names_and_seeded_head():
+    cls = load_model(ModelConfig("tiny-llama", pooling="cls"), "classification", 2, seed=7)
+    mean = load_model(ModelConfig("tiny-llama", pooling="mean"), "classification", 2, seed=7)
+    again = load_model(ModelConfig("tiny-llama", pooling="mean"), "classification", 2, seed=7)
+    assert cls.pooling == "cls" and not isinstance(cls.model, MeanPoolingClassifier)
+    assert mean.targets == cls.targets  # same module names: LoRA targets, folds and exports are unchanged
+    assert mean.head_names == ("classifier.weight", "classifier.bias")
+    backbone = {n: p for n, p in cls.model.named_parameters() if n.startswith("model.")}
+    for name, value in mean.model.named_parameters():
+        if name.startswith("model."):
+            assert torch.equal(value, backbone[name]), name
+    for k, v in head_state(mean).items():
+        assert torch.equal(v, head_state(again)[k])
+    assert head_state(mean)["classifier.weight"].abs().max() > 0
+    assert not any(p.requires_grad for p in mean.model.parameters())
+
+
+def test_pooling_applies_to_classification_only():
+    assert load_model(ModelConfig("tiny-llama"), "causal_lm").pooling is None
+    with pytest.raises(ValueError, match=r"model\.pooling='mean' applies to classification only"):
+        load_model(ModelConfig("tiny-llama", pooling="mean"), "causal_lm")
+
+
+def test_auto_pooling_reads_the_sentence_transformers_modules(tmp_path):
+    def checkpoint(name, modes):
+        folder = tmp_path / name
+        (folder / "1_Pooling").mkdir(parents=True)
+        (folder / "modules.json").write_text(json.dumps([
+            {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+            {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]))
+        flags = {f"pooling_mode_{m}": m in modes for m in ("cls_token", "mean_tokens", "max_tokens")}
+        (folder / "1_Pooling" / "config.json").write_text(json.dumps({"word_embedding_dimension": 8, **flags}))
+        return str(folder)
+
+    assert sentence_transformer_pooling(checkpoint("mean", {"mean_tokens"})) == "mean"
+    assert sentence_transformer_pooling(checkpoint("cls", {"cls_token"})) == "cls"
+    assert sentence_transformer_pooling(checkpoint("max", {"max_tokens"})) is None
+    assert sentence_transformer_pooling(checkpoint("both", {"mean_tokens", "max_tokens"})) is None
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    assert sentence_transformer_pooling(str(plain)) is None  # a plain transformers checkpoint: auto = cls
+
+
+def test_pooling_option_reaches_the_model_from_the_run_config(example_factory):
+    from orchestrator.config import load_config
+    from workers.evaluation import evaluate
+    from workers.local_training import LocalTrainer
+
+    cfg = load_config(None, ["model.name=tiny-llama", "model.pooling=mean"])
+    assert cfg.model.pooling == "mean" and cfg.to_dict()["model"]["pooling"] == "mean"
+    loaded = load_model(cfg.model, "classification", 2, seed=0)
+    trainer = LocalTrainer(loaded, TrainConfig(lr=1e-2, local_steps=2, batch_size=4, eval_batch_size=8))
+    assert isinstance(trainer.model, MeanPoolingClassifier)
+    metrics = evaluate(trainer, {}, None, example_factory(10))
+    assert 0.0 <= metrics["accuracy"] <= 1.0 and metrics["n_examples"] == 10
+
+
+def test_mean_pooled_export_loads_with_peft_on_a_mean_pooled_base(tmp_path):
+    from peft import PeftModel
+
+    from core.wire import LowRankDelta
+    from workers.export import export_adapter, write_adapter
+
+    cfg = ModelConfig("tiny-llama", pooling="mean")
+    loaded = load_model(cfg, "classification", 2, seed=1)
+    gen = torch.Generator().manual_seed(0)
+    shapes = {s.name: (s.d_out, s.k_in) for s in target_module_specs(loaded.model, ("q_proj", "v_proj"))}
+    deltas = {m: LowRankDelta(torch.randn(d, 2, generator=gen) * 0.1, torch.randn(2, k, generator=gen) * 0.1, 1.0)
+              for m, (d, k) in shapes.items()}
+    head = {"classifier.weight": torch.randn(2, 64, generator=gen), "classifier.bias": torch.randn(2, generator=gen)}
+    write_adapter(export_adapter(loaded, deltas, head), tmp_path / "adapter")
+    # what a user does: the same base (load_model with the run's model.pooling), then PEFT
+    base = load_model(cfg, "classification", 2, seed=1).model
+    peft_model = PeftModel.from_pretrained(base, str(tmp_path / "adapter"))
+    peft_model.eval()
+    reference = load_model(cfg, "classification", 2, seed=1).model
+    modules, params = dict(reference.named_modules()), dict(reference.named_parameters())
+    with torch.no_grad():
+        for m, delta in deltas.items():
+            modules[m].weight.add_(delta.dense())
+        for name, value in head.items():
+            params[name].copy_(value)
+        batch = _batch(loaded.tokenizer, ["hello world", "a b"])
+        torch.testing.assert_close(peft_model(**batch).logits, reference(**batch).logits, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_minilm_auto_pooling_is_mean_and_cls_keeps_the_bert_classifier():
+    auto = load_model(ModelConfig("minilm"), "classification", 2, seed=3)
+    cls = load_model(ModelConfig("minilm", pooling="cls"), "classification", 2, seed=3)
+    assert auto.pooling == "mean" and isinstance(auto.model, MeanPoolingClassifier)
+    assert cls.pooling == "cls" and type(cls.model).__name__ == "BertForSequenceClassification"
+    assert auto.targets == cls.targets and auto.head_names == cls.head_names
+    for k, v in head_state(auto).items():  # the same seeded head: only the pooling differs
+        assert torch.equal(v, head_state(cls)[k])
+    assert not any(n.startswith("bert.pooler") for n, _ in auto.model.named_parameters())

@@ -12,6 +12,15 @@ Built-in names (offline assets, DESIGN.md section 6):
 
 Any other name is a Hugging Face hub id or a local checkpoint directory (the cluster path).
 
+Pooling of a classification model (``model.pooling``): ``cls`` keeps the architecture's own sequence
+classifier (``AutoModelForSequenceClassification``: BERT-type encoders classify the ``[CLS]`` token through
+the checkpoint's pooler, Llama-type models their last token); ``mean`` classifies the attention-mask-weighted
+mean of the last hidden states (:class:`MeanPoolingClassifier`: the backbone, then dropout and a linear
+``classifier``), the pooling sentence-transformer checkpoints were trained with (all-MiniLM-L6-v2's pooler
+was never trained: sentence-transformers discards it); ``auto`` (default) is ``mean`` for a
+sentence-transformers checkpoint whose ``modules.json`` names a mean ``Pooling`` module (our ``minilm``)
+and ``cls`` otherwise.
+
 Every random number of a model is fixed: the base weights are the checkpoint's (tiny-llama: a constant
 seed), and weights the checkpoint lacks (the classification head) are drawn from a generator seeded
 with the run seed, so every worker of a run holds the same initial model.
@@ -21,6 +30,8 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import inspect
+import json
 import os
 import re
 from dataclasses import dataclass
@@ -34,6 +45,7 @@ from core.rng import generator
 from core.wire import ModuleSpec
 
 BUILTIN_MODELS = ("minilm", "smollm2", "tiny-llama")
+POOLINGS = ("auto", "cls", "mean")
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TASKS = ("classification", "causal_lm")
 BERT_TYPES = ("bert", "roberta", "xlm-roberta", "distilbert", "electra", "deberta", "deberta-v2")
@@ -50,12 +62,14 @@ class ModelConfig:
     ``target_modules``: module names (exact fully-qualified names or their last components, PEFT's
     matching rule); ``None`` means the family default (``query``/``value`` for BERT-type models,
     ``q_proj``/``v_proj`` for Llama-type models). FFN layers (``intermediate.dense``, ``up_proj``...) are
-    allowed. ``dtype``: dtype of the frozen base weights; adapters always train in float32.
+    allowed. ``dtype``: dtype of the frozen base weights; adapters always train in float32. ``pooling``
+    (classification only): ``auto``, ``cls`` or ``mean``, see the module docstring.
     """
 
     name: str = "minilm"
     target_modules: tuple[str, ...] | None = None
     dtype: str = "float32"
+    pooling: str = "auto"
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name.strip():
@@ -74,6 +88,8 @@ class ModelConfig:
             object.__setattr__(self, "target_modules", targets)
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype={self.dtype!r} is not allowed; choose one of {list(DTYPES)}")
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"model.pooling={self.pooling!r} is not allowed; choose one of {list(POOLINGS)}")
 
     @property
     def torch_dtype(self) -> torch.dtype:
@@ -87,6 +103,7 @@ class LoadedModel:
 
     ``targets``: fully-qualified names of the adapted linear layers (the keys of every per-module dict
     in a ClientStart). ``head_names``: parameter names of the classification head (empty for causal LM).
+    ``pooling``: the resolved pooling of a classification model (``cls`` or ``mean``; ``None`` for causal LM).
     """
 
     model: nn.Module
@@ -96,6 +113,7 @@ class LoadedModel:
     targets: tuple[str, ...]
     head_names: tuple[str, ...]
     num_labels: int | None
+    pooling: str | None = None
 
 
 def cache_root() -> Path:
@@ -113,12 +131,19 @@ def load_model(cfg: ModelConfig, task: str, num_labels: int | None = None, seed:
         raise ValueError(f"task={task!r} is not allowed; choose one of {list(TASKS)}")
     if task == "classification" and (not isinstance(num_labels, int) or num_labels < 2):
         raise ValueError(f"num_labels={num_labels!r} must be an integer >= 2 for classification")
+    if task != "classification" and cfg.pooling != "auto":
+        raise ValueError(f"model.pooling={cfg.pooling!r} applies to classification only; the task is {task!r} "
+                         "(leave model.pooling at 'auto')")
     _quiet_transformers()
+    pooling = None
     if cfg.name == "tiny-llama":
-        model, tokenizer, missing = _tiny_llama(task, num_labels)
+        pooling = None if task != "classification" else "mean" if cfg.pooling == "mean" else "cls"
+        model, tokenizer, missing = _tiny_llama(task, num_labels, pooling == "mean")
     else:
         source = _resolve_source(cfg.name)
-        model, tokenizer, missing = _from_pretrained(source, cfg.name, task, num_labels)
+        if task == "classification":
+            pooling = cfg.pooling if cfg.pooling != "auto" else sentence_transformer_pooling(source) or "cls"
+        model, tokenizer, missing = _from_pretrained(source, cfg.name, task, num_labels, pooling == "mean")
     family = _family(model.config.model_type)
     if cfg.name == "minilm" and task != "classification":
         raise ValueError("model.name='minilm' is an encoder: it supports task 'classification' only")
@@ -137,7 +162,96 @@ def load_model(cfg: ModelConfig, task: str, num_labels: int | None = None, seed:
                          f"(no default); available linear modules: {available_linear_names(model)}")
     specs = target_module_specs(model, targets, exclude=tuple(n.rsplit(".", 1)[0] for n in head_names))
     return LoadedModel(model, tokenizer, task, family, tuple(s.name for s in specs), head_names,
-                       num_labels if task == "classification" else None)
+                       num_labels if task == "classification" else None, pooling)
+
+
+class MeanPoolingClassifier(nn.Module):
+    """Sequence classifier on the attention-mask-weighted mean of a backbone's last hidden states.
+
+    ``logits = classifier(dropout(sum_t mask_t h_t / sum_t mask_t))``. The backbone sits under its own
+    ``base_model_prefix`` (``bert`` for BERT-type models), so parameter and module names (LoRA targets, the
+    ``classifier.*`` head) are those of ``AutoModelForSequenceClassification`` without the unused pooler.
+    The dropout rate is the architecture's classifier dropout (``classifier_dropout``, else
+    ``hidden_dropout_prob``, as BERT's sequence classifier), active in ``train()`` mode only.
+    """
+
+    def __init__(self, backbone: nn.Module, num_labels: int):
+        super().__init__()
+        config = backbone.config
+        config.num_labels = num_labels
+        self.config = config
+        self.name_or_path = getattr(backbone, "name_or_path", None)  # PEFT records it as the adapter's base
+        self.base_model_prefix = getattr(backbone, "base_model_prefix", "") or "backbone"
+        if getattr(backbone, "pooler", None) is not None:
+            backbone.pooler = None  # the [CLS] pooler is not used: no dead parameters
+        setattr(self, self.base_model_prefix, backbone)
+        rate = next((v for v in (getattr(config, "classifier_dropout", None),
+                                 getattr(config, "hidden_dropout_prob", None)) if v is not None), 0.0)
+        self.dropout = nn.Dropout(float(rate))
+        with torch.random.fork_rng(devices=[]):  # its values are drawn from the run seed later (_seeded_init)
+            self.classifier = nn.Linear(config.hidden_size, num_labels)
+        self._inputs = set(inspect.signature(backbone.forward).parameters)
+
+    @property
+    def backbone(self) -> nn.Module:
+        """The encoder (or decoder) whose last hidden states are pooled."""
+        return getattr(self, self.base_model_prefix)
+
+    def pooled(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+               **inputs: Any) -> torch.Tensor:
+        """``(batch, hidden)``: the mean of the last hidden states over the positions where the mask is 1."""
+        inputs = {k: v for k, v in inputs.items() if v is not None and k in self._inputs}
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask, **inputs).last_hidden_state
+        if attention_mask is None:
+            return hidden.mean(dim=1)
+        mask = attention_mask.to(hidden.dtype).unsqueeze(-1)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp_min(1.0)
+
+    def forward(self, input_ids: torch.Tensor | None = None, attention_mask: torch.Tensor | None = None,
+                labels: torch.Tensor | None = None, **inputs: Any):
+        from transformers.modeling_outputs import SequenceClassifierOutput
+
+        pooled = self.pooled(input_ids, attention_mask, **inputs)
+        logits = self.classifier(self.dropout(pooled.to(self.classifier.weight.dtype)))
+        loss = None if labels is None else nn.functional.cross_entropy(logits.float(), labels)
+        return SequenceClassifierOutput(loss=loss, logits=logits)
+
+
+def sentence_transformer_pooling(source: str) -> str | None:
+    """``"mean"`` / ``"cls"`` when ``source`` is a sentence-transformers checkpoint, else ``None``.
+
+    Reads the checkpoint's ``modules.json`` and its ``Pooling`` module's ``config.json`` (a local folder,
+    or the hub's files when reachable). Only a single mean or CLS pooling mode is recognised; anything else
+    (max pooling, several modes, no pooling module) returns ``None``.
+    """
+    modules = _checkpoint_json(source, "modules.json")
+    if not isinstance(modules, list):
+        return None
+    pooling = next((m for m in modules if isinstance(m, dict) and str(m.get("type", "")).endswith(".Pooling")), None)
+    if pooling is None:
+        return None
+    config = _checkpoint_json(source, f"{pooling.get('path', '')}/config.json".lstrip("/"))
+    if not isinstance(config, dict):
+        return None
+    modes = {k for k, v in config.items() if k.startswith("pooling_mode_") and v is True}
+    return {frozenset({"pooling_mode_mean_tokens"}): "mean",
+            frozenset({"pooling_mode_cls_token"}): "cls"}.get(frozenset(modes))
+
+
+def _checkpoint_json(source: str, filename: str) -> Any:
+    """A JSON file of a local checkpoint folder or of a hub repository (``None`` when absent/unreachable)."""
+    path = Path(source) / filename
+    if not path.is_file() and not Path(source).exists():
+        try:
+            from huggingface_hub import hf_hub_download
+
+            path = Path(hf_hub_download(source, filename, local_files_only=_offline()))
+        except Exception:  # noqa: BLE001 - absent file, no network, bad id: not a sentence-transformer
+            return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def target_module_specs(model: nn.Module, targets: tuple[str, ...] | list[str],
@@ -210,13 +324,19 @@ def _offline() -> bool:
     return any(f in ("1", "true", "yes", "on") for f in flags)
 
 
-def _from_pretrained(source: str, name: str, task: str, num_labels: int | None):
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
+def _from_pretrained(source: str, name: str, task: str, num_labels: int | None, mean_pooling: bool = False):
+    from transformers import AutoModel, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     kwargs: dict[str, Any] = {"local_files_only": True} if _offline() else {}
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        if task == "classification":
+        if task == "classification" and mean_pooling:
+            backbone, info = AutoModel.from_pretrained(source, output_loading_info=True, **kwargs)
+            model = MeanPoolingClassifier(backbone, int(num_labels))  # type: ignore[arg-type]
+            names = {n for n, _ in model.named_parameters()}
+            prefixed = {f"{model.base_model_prefix}.{k}" for k in info.get("missing_keys", ())}
+            info = {"missing_keys": {n for n in names if n.startswith("classifier.")} | (prefixed & names)}
+        elif task == "classification":
             model, info = AutoModelForSequenceClassification.from_pretrained(
                 source, num_labels=num_labels, output_loading_info=True, **kwargs)
         else:
@@ -283,8 +403,8 @@ def tiny_tokenizer():
                                    eos_token="</s>", unk_token="<unk>")
 
 
-def _tiny_llama(task: str, num_labels: int | None):
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
+def _tiny_llama(task: str, num_labels: int | None, mean_pooling: bool = False):
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification, LlamaModel
 
     tokenizer = tiny_tokenizer()
     config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
@@ -296,7 +416,11 @@ def _tiny_llama(task: str, num_labels: int | None):
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(TINY_LLAMA_SEED)
         model = cls(config)
-    missing = {n for n, _ in model.named_parameters() if n.startswith("score.")}
+    if mean_pooling:  # the same backbone weights, the mean-pooling classifier on top
+        backbone = LlamaModel(config)
+        backbone.load_state_dict(model.model.state_dict())
+        model = MeanPoolingClassifier(backbone, int(num_labels))  # type: ignore[arg-type]
+    missing = {n for n, _ in model.named_parameters() if n.startswith(("score.", "classifier."))}
     return model, tokenizer, missing
 
 
