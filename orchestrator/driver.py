@@ -108,6 +108,7 @@ class Driver:
         t0 = time.perf_counter()
         results = self.pool.run(jobs)
         t_train = time.perf_counter() - t0
+        sent = self.pool.last_broadcast
         updates: list[ClientUpdate] = [r.value for r in results]
 
         t0 = time.perf_counter()
@@ -118,7 +119,8 @@ class Driver:
         record: dict[str, Any] = {"round": t + 1, "method": cfg.method.name, "clients": len(clients)}
         record.update(noise_metrics(self.method, self.state, starts, agg) if cfg.metrics.noise else {})
         down, up = round_bytes(starts, updates)
-        record.update(bytes_down=down, bytes_up=up)
+        record.update(bytes_down=down, bytes_up=up, bytes_serialized=sent.serialized,
+                      bytes_serialized_per_job=sent.per_job)
         similarity = self._similarity(starts, updates)
         t_metrics = time.perf_counter() - t0
 

@@ -5,7 +5,9 @@ barrier between workers). A worker that dies (``RayActorError``) is replaced by 
 factory and its job re-runs on the next free worker; because every job is a pure function of its
 inputs (the ClientStart carries its seeds; workers restore pristine weights), the result is identical
 to a fault-free run. A job that raises inside the worker fails the whole call with
-:class:`ClientJobError`, which names the job (client and round) and the cause.
+:class:`ClientJobError`, which names the job (client and round) and the cause. A tensor that several
+jobs of one call share is put in the object store once (:mod:`orchestrator.broadcast`); ``last_broadcast``
+holds the byte counts of the latest call.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
+
+from orchestrator.broadcast import DEFAULT_MIN_BYTES, BroadcastStats, share_tensors
 
 
 class ClientJobError(RuntimeError):
@@ -48,15 +52,22 @@ class JobResult:
 
 
 class WorkerPool:
-    """Runs jobs on a fixed number of actors made by ``factory(index)``; replaces actors that die."""
+    """Runs jobs on a fixed number of actors made by ``factory(index)``; replaces actors that die.
 
-    def __init__(self, factory: Callable[[int], Any], size: int, max_restarts_per_job: int = 3):
+    ``share_min_bytes``: tensors shared by several jobs of a call and at least this large are broadcast
+    once (``None``: every job's arguments are serialised on their own).
+    """
+
+    def __init__(self, factory: Callable[[int], Any], size: int, max_restarts_per_job: int = 3,
+                 share_min_bytes: int | None = DEFAULT_MIN_BYTES):
         if size < 1:
             raise ValueError(f"resources.num_workers={size} must be >= 1")
         self.factory = factory
         self.max_restarts_per_job = max_restarts_per_job
+        self.share_min_bytes = share_min_bytes
         self.workers = [factory(i) for i in range(size)]
         self.replaced = 0
+        self.last_broadcast = BroadcastStats(0, 0, 0, 0)
 
     def __len__(self) -> int:
         return len(self.workers)
@@ -71,6 +82,8 @@ class WorkerPool:
 
     def run(self, jobs: Sequence[Job], on_done: Callable[[int, JobResult], None] | None = None) -> list[JobResult]:
         """Run ``jobs`` (results in job order). ``on_done(index, result)`` is called as each finishes."""
+        shared_args, self.last_broadcast = share_tensors([j.args for j in jobs], ray.put, self.share_min_bytes)
+        jobs = [Job(j.method, a, j.label) for j, a in zip(jobs, shared_args)]
         results: list[JobResult | None] = [None] * len(jobs)
         queue = deque(range(len(jobs)))
         restarts = [0] * len(jobs)

@@ -150,7 +150,10 @@ def test_truncation_note_lists_only_cut_splits():
 
 
 def test_worker_trains_and_evaluates_global_and_client_splits(local_worker):
+    head0 = local_worker.initial_head()
     update = local_worker.train(main_start(local_worker, 1, seed=3))
+    assert not torch.equal(update.head["score.weight"], head0["score.weight"])  # the job trained the head
+    assert torch.equal(local_worker.initial_head()["score.weight"], head0["score.weight"])  # still the initial one
     deltas = {m: LowRankDelta(B, A) for m, (B, A) in update.adapters["main"].items()}
     on_global = local_worker.evaluate(deltas, update.head)
     on_client = local_worker.evaluate(deltas, update.head, client_id=1)

@@ -25,8 +25,9 @@ from core.wire import ClientStart, ClientUpdate, Delta, ModuleSpec
 from workers.data_config import DataConfig
 from workers.data_notes import collect_notes
 from workers.memory import release_freed_memory
-from workers.models import ModelConfig, head_state, load_model
+from workers.models import ModelConfig, load_model
 from workers.resources import ResourceConfig, WorkerResources, resolve_resources
+from workers.shared_args import SharedArgs
 from workers.train_config import TrainConfig
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class ClientWorker:
         self.num_labels = self.data.num_labels if self.data.task == "classification" else None
         loaded = load_model(model_cfg, self.data.task, self.num_labels, self.seed)
         self.trainer = LocalTrainer(loaded, train_cfg, data_cfg.max_length, _assigned_device())
+        self.shared = SharedArgs()
 
     def ping(self) -> dict[str, Any]:
         """Where this worker runs: pid, host, Ray GPU ids, torch device and threads."""
@@ -67,8 +69,11 @@ class ClientWorker:
         return [ModuleSpec(m, d, k) for m, (d, k) in self.trainer.shapes().items()]
 
     def initial_head(self) -> dict[str, Tensor] | None:
-        """The seeded initial classification head (identical on every worker), ``None`` for causal LM."""
-        return head_state(self.trainer.loaded) or None
+        """The seeded initial classification head (identical on every worker), ``None`` for causal LM.
+
+        The head as loaded (``trainer.head0``), not the model's current head, which jobs overwrite.
+        """
+        return {k: v.clone() for k, v in self.trainer.head0.items()} or None
 
     def client_num_examples(self) -> dict[int, int]:
         """Number of local train examples of every client (the usual aggregation weights)."""
@@ -108,9 +113,11 @@ class ClientWorker:
         return self._data_info
 
     def train(self, start: ClientStart) -> ClientUpdate:
-        """Run ``start`` on its client's local train split."""
+        """Run ``start`` on its client's local train split (shared tensors resolved: ``workers.shared_args``)."""
+        key = self.shared.fold_key(start.fold)
+        start = self.shared.resolve(start)
         try:
-            return self.trainer.train(start, self._client(start.client_id).train)
+            return self.trainer.train(start, self._client(start.client_id).train, key)
         finally:
             release_freed_memory()
 
@@ -130,8 +137,10 @@ class ClientWorker:
         from workers.evaluation import evaluate_partial
 
         examples = self.data.global_test if client_id is None else self._client(client_id).test
+        key = self.shared.fold_key(deltas)
+        deltas, head = self.shared.resolve((deltas, head))
         try:
-            return evaluate_partial(self.trainer, deltas, head, examples[start:stop])
+            return evaluate_partial(self.trainer, deltas, head, examples[start:stop], key)
         finally:
             release_freed_memory()
 

@@ -34,20 +34,24 @@ def evaluate(trainer: LocalTrainer, deltas: dict[str, Delta | Sequence[Delta]],
 
 
 def evaluate_partial(trainer: LocalTrainer, deltas: dict[str, Delta | Sequence[Delta]],
-                     head: dict[str, Tensor] | None, examples: Sequence[Any]) -> EvalPartial:
-    """Per-example results of ``W0 + deltas`` (+ ``head``) on ``examples`` (one shard; see ``eval_results``)."""
+                     head: dict[str, Tensor] | None, examples: Sequence[Any],
+                     fold_key: str | None = None) -> EvalPartial:
+    """Per-example results of ``W0 + deltas`` (+ ``head``) on ``examples`` (one shard; see ``eval_results``).
+
+    ``fold_key``: see :meth:`workers.local_training.LocalTrainer.restore_and_fold`.
+    """
     if not examples:
         raise ValueError("evaluate needs at least one example")
-    prepare_eval(trainer, deltas, head)
+    prepare_eval(trainer, deltas, head, fold_key)
     if trainer.task == "classification":
         return _classification(trainer, examples)
     return _causal(trainer, examples)
 
 
 def prepare_eval(trainer: LocalTrainer, deltas: dict[str, Delta | Sequence[Delta]],
-                 head: dict[str, Tensor] | None) -> None:
+                 head: dict[str, Tensor] | None, fold_key: str | None = None) -> None:
     """Fold ``deltas`` into pristine ``W0``, load ``head``, remove every adapter, switch to eval mode."""
-    trainer.restore_and_fold(deltas)
+    trainer.restore_and_fold(deltas, fold_key)
     trainer.load_head(head)
     trainer.clear_adapters()
     trainer.model.eval()

@@ -60,6 +60,7 @@ class LocalTrainer:
         self.model.requires_grad_(False)
         self._params = dict(self.model.named_parameters())
         self.adapter_names: tuple[str, ...] = ()
+        self._fold_key: str | None = None  # key of the shared fold the base weights hold (restore_and_fold)
 
     # ---------------------------------------------------------------------------------------- model state
 
@@ -68,8 +69,17 @@ class LocalTrainer:
         return {m: tuple(w.shape) for m, w in self.w0.items()}  # type: ignore[misc]
 
     @torch.no_grad()
-    def restore_and_fold(self, fold: dict[str, Delta | Sequence[Delta]]) -> None:
-        """``W <- W0 + sum(fold[m])`` on every target module (``W <- W0`` bitwise where no delta)."""
+    def restore_and_fold(self, fold: dict[str, Delta | Sequence[Delta]], key: str | None = None) -> None:
+        """``W <- W0 + sum(fold[m])`` on every target module (``W <- W0`` bitwise where no delta).
+
+        ``key`` names a fold made of shared objects (:meth:`workers.shared_args.SharedArgs.fold_key`): when
+        it equals the key of the previous call the weights already are ``W0 + fold`` (the base weights are
+        frozen and only this method writes them), so nothing is redone: one merge per worker per round for
+        a fold every client shares (FLoRA's ``dW``).
+        """
+        if key is not None and key == self._fold_key:
+            return
+        self._fold_key = None
         unknown = sorted(set(fold) - set(self.w0))
         if unknown:
             raise ValueError(f"fold names modules {unknown} that are not target modules of the model "
@@ -88,6 +98,7 @@ class LocalTrainer:
                                      f"weight is {tuple(w0.shape)}")
                 total.add_(_dense_on(delta, self.device))
             weight.copy_(total)
+        self._fold_key = key
 
     @torch.no_grad()
     def load_head(self, head: dict[str, Tensor] | None) -> None:
@@ -141,9 +152,9 @@ class LocalTrainer:
             layer.set_adapter(list(self.adapter_names))
         self.model.requires_grad_(False)
 
-    def prepare(self, start: ClientStart) -> None:
+    def prepare(self, start: ClientStart, fold_key: str | None = None) -> None:
         """Put the model in the start-of-round state of ``start`` (no training, everything frozen)."""
-        self.restore_and_fold(start.fold)
+        self.restore_and_fold(start.fold, fold_key)
         self.load_head(start.head)
         self.set_adapters(start)
 
@@ -179,14 +190,15 @@ class LocalTrainer:
 
     # -------------------------------------------------------------------------------------------- training
 
-    def train(self, start: ClientStart, examples: Sequence[Any]) -> ClientUpdate:
+    def train(self, start: ClientStart, examples: Sequence[Any], fold_key: str | None = None) -> ClientUpdate:
         """Run one client job: prepare the start-of-round model, train the stages, return the update.
 
+        ``fold_key``: see :meth:`restore_and_fold`.
         ``train_loss`` is the mean task loss over the steps (without the tail penalty); 0.0 with no steps.
         The model trains in ``train()`` mode (the backbone's own dropout is on, seeded like the rest).
         """
         t0 = time.perf_counter()
-        self.prepare(start)
+        self.prepare(start, fold_key)
         n = len(examples)
         total = self.cfg.total_steps(n)
         stage_steps = split_steps(total, [s.fraction for s in start.stages])

@@ -167,8 +167,15 @@ class FederatedMethod(ABC):
 
     def slot_adapter(self, state: GlobalState, module: ModuleName, slots: list[int],
                      train_A: bool = True, train_B: bool = True) -> AdapterInit:
-        """An adapter whose rank ``i`` starts as a copy of global slot ``slots[i]``."""
+        """An adapter whose rank ``i`` starts as a copy of global slot ``slots[i]``.
+
+        When ``slots`` is every slot in order the adapter holds the state's own tensors (no copy; states are
+        never changed in place), so every client of the round shares them and they cross to the workers once
+        (:mod:`orchestrator.broadcast`).
+        """
         B, A = self.factors(state, module)
+        if list(slots) == list(range(A.shape[0])):
+            return AdapterInit(B, A, self.scale, train_A, train_B, tuple(slots))
         idx = torch.tensor(slots, dtype=torch.long)
         return AdapterInit(B.index_select(1, idx), A.index_select(0, idx), self.scale, train_A, train_B,
                            tuple(slots))
