@@ -208,6 +208,7 @@ class ClientUpdate:
     compute_seconds: float = 0.0
     steps: int = 0
     upload: tuple[str, ...] = ("main",)
+    peak_memory_bytes: int | None = None  # peak GPU memory of the job (None off CUDA)
 
     def nbytes(self, start: ClientStart) -> int:
         """Bytes the client ships to the server: the trainable factors of uploaded adapters + head.

@@ -143,7 +143,7 @@ class Driver:
         record["client_rows"] = [
             {"round": t + 1, "client": u.client_id, "rank": s.rank, "n_examples": u.n_examples,
              "train_loss": u.train_loss, "steps": u.steps, "compute_seconds": u.compute_seconds,
-             "weight": agg.weights[u.client_id], "restarts": r.restarts}
+             "weight": agg.weights[u.client_id], "restarts": r.restarts, "peak_gpu_bytes": u.peak_memory_bytes}
             for s, u, r in zip(starts, updates, results)]
         if similarity is not None:
             record["similarity"] = similarity

@@ -26,6 +26,7 @@ from workers.data_config import DataConfig
 from workers.data_notes import collect_notes
 from workers.memory import release_freed_memory
 from workers.models import ModelConfig, load_model
+from workers.precision import oom_types, out_of_memory
 from workers.resources import ResourceConfig, WorkerResources, resolve_resources
 from workers.shared_args import SharedArgs
 from workers.train_config import TrainConfig
@@ -141,6 +142,9 @@ class ClientWorker:
         deltas, head = self.shared.resolve((deltas, head))
         try:
             return evaluate_partial(self.trainer, deltas, head, examples[start:stop], key)
+        except oom_types() as err:
+            where = "the global test set" if client_id is None else f"client {client_id}'s test split"
+            raise out_of_memory(f"evaluation on {where} (examples {start}-{stop})", self.trainer.device) from err
         finally:
             release_freed_memory()
 

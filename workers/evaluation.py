@@ -43,9 +43,10 @@ def evaluate_partial(trainer: LocalTrainer, deltas: dict[str, Delta | Sequence[D
     if not examples:
         raise ValueError("evaluate needs at least one example")
     prepare_eval(trainer, deltas, head, fold_key)
-    if trainer.task == "classification":
-        return _classification(trainer, examples)
-    return _causal(trainer, examples)
+    with trainer.autocast():
+        if trainer.task == "classification":
+            return _classification(trainer, examples)
+        return _causal(trainer, examples)
 
 
 def prepare_eval(trainer: LocalTrainer, deltas: dict[str, Delta | Sequence[Delta]],

@@ -28,6 +28,7 @@ from peft import LoraConfig, inject_adapter_in_model
 from torch import Tensor, nn
 
 from core.wire import ClientStart, ClientUpdate, Delta, LowRankDelta, TailPenalty
+from workers import precision
 from workers.models import LoadedModel, head_state
 from workers.train_config import TrainConfig
 
@@ -58,6 +59,9 @@ class LocalTrainer:
         for layer in self.layers.values():
             layer.delete_adapter(_PLACEHOLDER)
         self.model.requires_grad_(False)
+        precision.check_autocast(cfg.autocast, self.device)
+        if cfg.gradient_checkpointing:
+            precision.enable_gradient_checkpointing(self.model)
         self._params = dict(self.model.named_parameters())
         self.adapter_names: tuple[str, ...] = ()
         self._fold_key: str | None = None  # key of the shared fold the base weights hold (restore_and_fold)
@@ -198,6 +202,13 @@ class LocalTrainer:
         The model trains in ``train()`` mode (the backbone's own dropout is on, seeded like the rest).
         """
         t0 = time.perf_counter()
+        try:
+            return self._train(start, examples, fold_key, t0)
+        except precision.oom_types() as err:
+            raise precision.out_of_memory(f"client {start.client_id} in round {start.round + 1}", self.device) from err
+
+    def _train(self, start: ClientStart, examples: Sequence[Any], fold_key: str | None, t0: float) -> ClientUpdate:
+        precision.reset_peak(self.device)
         self.prepare(start, fold_key)
         n = len(examples)
         total = self.cfg.total_steps(n)
@@ -208,6 +219,7 @@ class LocalTrainer:
         for stage in start.stages:
             all_params.update({id(p): p for p in self.set_trainable(start, stage.train)})
         optimizer = self._optimizer(list(all_params.values()))
+        scaler = precision.grad_scaler(self.cfg.autocast, self.device)
         batches = batch_indices(n, self.cfg.batch_size, order)
         losses: list[float] = []
         self.model.train()
@@ -216,13 +228,20 @@ class LocalTrainer:
                 params = self.set_trainable(start, stage.train)
                 for _ in range(steps):
                     batch = self.collate([examples[i] for i in next(batches)])
-                    loss = self.loss(batch)
+                    with self.autocast():
+                        loss = self.loss(batch)
                     objective = (loss + self.penalty(start.penalty)) if start.penalty else loss
                     optimizer.zero_grad(set_to_none=True)
-                    objective.backward()
+                    (scaler.scale(objective) if scaler else objective).backward()
                     if self.cfg.grad_clip is not None:
+                        if scaler:
+                            scaler.unscale_(optimizer)
                         torch.nn.utils.clip_grad_norm_(params, self.cfg.grad_clip)
-                    optimizer.step()
+                    if scaler:
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        optimizer.step()
                     losses.append(float(loss.detach()))
         finally:
             self.model.eval()
@@ -231,7 +250,12 @@ class LocalTrainer:
         return ClientUpdate(
             client_id=start.client_id, round=start.round, adapters=self.adapter_factors(start),
             n_examples=n, train_loss=float(sum(losses) / len(losses)) if losses else 0.0, head=head,
-            compute_seconds=time.perf_counter() - t0, steps=len(losses), upload=tuple(start.upload))
+            compute_seconds=time.perf_counter() - t0, steps=len(losses), upload=tuple(start.upload),
+            peak_memory_bytes=precision.peak_bytes(self.device))
+
+    def autocast(self):
+        """The forward-pass precision context of ``train.autocast`` (:mod:`workers.precision`)."""
+        return precision.autocast(self.cfg.autocast, self.device)
 
     def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         if not params:

@@ -6,9 +6,10 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from core.validation import check_int, check_positive, is_number
+from core.validation import check_choice, check_int, check_positive, is_number
 
 OPTIMIZERS = ("adamw", "sgd")
+AUTOCAST = ("off", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,12 @@ class TrainConfig:
     batch_size)`` steps over its ``n`` local examples. ``grad_clip``: max global gradient norm (``None``
     = off). ``lora_dropout`` is applied by PEFT to the input of every trainable adapter (never to the
     fold, DESIGN.md section 3). ``max_new_tokens``: greedy generation length for causal-LM evaluation.
+
+    GPU options: ``autocast`` runs the forward passes (training and evaluation) under ``torch.autocast`` in
+    bf16 or fp16 (the frozen base computes in low precision; adapters, optimizer state and the loss stay
+    float32; fp16 adds loss scaling and needs CUDA; bf16 also works on the CPU). ``gradient_checkpointing``
+    recomputes the backbone's activations in the backward pass instead of keeping them (less memory, about
+    one more forward of time; the RNG state is replayed, so results do not change).
     """
 
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -32,6 +39,8 @@ class TrainConfig:
     momentum: float = 0.0
     eval_batch_size: int = 64
     max_new_tokens: int = 32
+    autocast: Literal["off", "bf16", "fp16"] = "off"
+    gradient_checkpointing: bool = False
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -52,6 +61,9 @@ class TrainConfig:
             raise ValueError(f"train.weight_decay={self.weight_decay!r} must be a number >= 0")
         if not (is_number(self.momentum) and 0.0 <= self.momentum < 1.0):
             raise ValueError(f"train.momentum={self.momentum!r} must be in [0, 1)")
+        check_choice("train.autocast", self.autocast, AUTOCAST)
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise ValueError(f"train.gradient_checkpointing={self.gradient_checkpointing!r} must be true or false")
 
     def total_steps(self, n_examples: int) -> int:
         """Optimizer steps of one local job over ``n_examples`` examples (0 when there are none)."""
