@@ -44,14 +44,38 @@ class Driver:
 
     def __init__(self, cfg: RunConfig, cluster_resources: dict[str, float] | None = None,
                  worker_options: dict[str, Any] | None = None):
-        self.cfg = cfg
-        resources = resolve_resources(cfg.resources, cluster_resources or ray.cluster_resources())
-        options = dict(worker_options or {})
+        self.resources = resolve_resources(cfg.resources, cluster_resources or ray.cluster_resources())
+        self.worker_options = dict(worker_options or {})
+        self.pool = WorkerPool(self._factory(cfg), self.resources.num_workers)
+        self.reused: list[dict[str, bool]] | None = None  # per worker, after reset(): what it kept
+        self._start(cfg)
 
+    def _factory(self, cfg: RunConfig):
         def factory(index: int):
-            return make_worker(resources, cfg.model, cfg.data, cfg.train, cfg.seed, **options)
+            return make_worker(self.resources, cfg.model, cfg.data, cfg.train, cfg.seed, **self.worker_options)
 
-        self.pool = WorkerPool(factory, resources.num_workers)
+        return factory
+
+    def reset(self, cfg: RunConfig, cluster_resources: dict[str, float] | None = None) -> dict[str, Any]:
+        """Run another experiment on the same worker actors (warm sweep trials).
+
+        The resources must be the same (the workers hold them); every worker switches to ``cfg``
+        (:meth:`workers.actor.ClientWorker.reconfigure`: the loaded model is kept where it can serve ``cfg``)
+        and the driver starts over as a fresh ``Driver(cfg)`` would. Returns ``describe()``.
+        """
+        resources = resolve_resources(cfg.resources, cluster_resources or ray.cluster_resources())
+        if resources != self.resources:
+            raise ValueError(f"a driver on {self.resources} cannot serve a run that needs {resources}")
+        self.pool.factory = self._factory(cfg)
+        try:
+            self.reused = self.pool.call_all("reconfigure", cfg.model, cfg.data, cfg.train, cfg.seed)
+        except ray.exceptions.RayError as err:
+            raise WorkerStartupError(startup_message(err)) from None
+        self._start(cfg)
+        return self.describe()
+
+    def _start(self, cfg: RunConfig) -> None:
+        self.cfg = cfg
         first = self.pool.workers[0]
         try:
             specs, head, sizes, info, partition = ray.get([
@@ -80,7 +104,7 @@ class Driver:
         return {"modules": [(m.name, m.d_out, m.k_in) for m in self.modules], "client_ranks": self.client_ranks,
                 "client_sizes": self.client_sizes, "partition": self.partition, "data": self.data_info,
                 "num_workers": len(self.pool), "similarity_module": self.similarity_module,
-                "workers": self.worker_info}
+                "workers": self.worker_info, "workers_reused": self.reused}
 
     def get_state(self) -> tuple[GlobalState, int]:
         """The global state and the number of completed rounds (for checkpoints)."""

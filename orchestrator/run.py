@@ -99,11 +99,15 @@ def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[
 
 
 class Experiment:
-    """Drives one run: a Driver actor (with its worker pool), the output files and the checkpoints."""
+    """Drives one run: a Driver actor (with its worker pool), the output files and the checkpoints.
+
+    ``driver``: a Driver actor kept from a finished run (:meth:`detach`) to run this one on the same workers
+    (:meth:`orchestrator.driver.Driver.reset`); ``None`` starts a new one.
+    """
 
     def __init__(self, cfg: RunConfig, out: Path, resume: bool = False,
                  cluster_resources: dict[str, float] | None = None, worker_options: dict | None = None,
-                 driver_options: dict | None = None):
+                 driver_options: dict | None = None, driver: Any = None):
         import ray
 
         from orchestrator.driver import DriverActor
@@ -130,8 +134,13 @@ class Experiment:
         out.mkdir(parents=True, exist_ok=True)
         write_config(out, cfg.to_dict(), self.fingerprint)
         self.t_start = time.perf_counter()
-        self.driver = DriverActor.options(**(driver_options or {})).remote(cfg, cluster_resources, worker_options)
-        self.description = ray.get(self.driver.describe.remote())
+        if driver is not None:
+            self.driver = driver
+            self.description = ray.get(driver.reset.remote(cfg, cluster_resources))
+        else:
+            self.driver = DriverActor.options(**(driver_options or {})).remote(cfg, cluster_resources,
+                                                                               worker_options)
+            self.description = ray.get(self.driver.describe.remote())
         if start_state is not None:
             ray.get(self.driver.set_state.remote(start_state, len(self.records)))
         if self.baseline is None or 0 not in self.examples.rounds():
@@ -216,10 +225,17 @@ class Experiment:
         write_summary(self.out, summary)
         return summary
 
+    def detach(self) -> Any:
+        """Hand the driver actor (and its loaded workers) over for another run; :meth:`close` then keeps it."""
+        driver, self.driver = self.driver, None
+        return driver
+
     def close(self) -> None:
-        """Stop the driver and its workers."""
+        """Stop the driver and its workers (unless :meth:`detach` handed them over)."""
         import ray
 
+        if self.driver is None:
+            return
         try:
             ray.get(self.driver.shutdown.remote())
             ray.kill(self.driver)

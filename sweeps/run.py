@@ -135,8 +135,11 @@ def resolve_request(args: argparse.Namespace) -> tuple[SweepSpec, dict[str, Any]
 # ------------------------------------------------------------------------------------------------ Ray
 def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec], out: Path, *, resume: bool = False,
               max_concurrent: int | None = None, driver_cpus: float = 0.0, summary_every: float = 60.0,
-              log: Callable[[str], None] = print) -> Any:
+              log: Callable[[str], None] = print, warm_trials: bool = True) -> Any:
     """Run (or continue) the sweep in ``out`` on the connected Ray cluster; writes the result tables.
+
+    ``warm_trials``: a trial runs on the workers (and loaded models) of the trial its Tune process ran before
+    (``sweeps.tune_runner``); ``False`` starts fresh actors for every trial.
 
     Returns the trials frame. Raises :class:`~sweeps.tune_runner.SweepResourceError` before any trial
     starts when a trial's pool cannot fit the cluster.
@@ -159,7 +162,7 @@ def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec
     if not (out / SWEEP_FILE).is_file():
         atomic_write_text(out / SWEEP_FILE, yaml.safe_dump(sweep_record(spec, overrides, trials), sort_keys=False))
     ids = [t.trial_id for t in trials]
-    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep_dir=str(out), plan=plan),
+    trainable = tune.with_resources(tune.with_parameters(run_trial, sweep_dir=str(out), plan=plan, warm=warm_trials),
                                     resources=placement_factory(plan))
     progress = SweepProgress(trials, out, summary_every=summary_every, log=log)
     workers = {plan[i]["bundles"][1].get("CPU", 0) for i in ids}
@@ -261,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPUs reserved per trial for its driver (default 0: it waits on workers)")
     parser.add_argument("--summary-every", type=float, default=60.0, help="seconds between progress summaries")
     parser.add_argument("--worker-logs", action="store_true", help="show the actors' own log lines")
+    parser.add_argument("--cold-trials", action="store_true",
+                        help="fresh worker actors for every trial (default: reuse finished trials' loaded models)")
     parser.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
     args = parser.parse_args(argv)
     if args.list_presets:
@@ -276,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(args.address, args.num_cpus, args.num_gpus, log_to_driver=args.worker_logs)
     try:
         table = run_sweep(spec, overrides, trials, out, resume=bool(args.resume), max_concurrent=args.max_concurrent,
-                          driver_cpus=args.driver_cpus, summary_every=args.summary_every)
+                          driver_cpus=args.driver_cpus, summary_every=args.summary_every,
+                          warm_trials=not args.cold_trials)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -20,6 +20,13 @@ the Experiment checkpointed it attaches a tiny Tune checkpoint that records the 
 resumes the Experiment from its folder, which holds the real state; a finished trial is not rerun. The
 data notes (split deviations, truncation) are kept in ``trial.json`` (written after every round), and
 :class:`sweeps.progress.SweepProgress` prints each distinct note once on the sweep's console.
+
+Warm trials: Tune reuses a finished trial's trainable process, with its placement group, for the next
+trial that asks for the same bundles (``reuse_actors``). The trainable keeps its Driver actor, and with it
+the ClientWorker actors and their loaded models, in :data:`_WARM`, and the next trial runs on them
+(:meth:`orchestrator.driver.Driver.reset`; a worker reloads only what the new config changes), so the
+second and later trials of a trainable skip Ray actor start-up, the imports and the model load. Results
+are bitwise those of fresh actors. A failed trial, or one run with ``warm=False``, keeps nothing.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ TUNE_DIR = "tune"
 TRIAL_STATE = "trial.json"
 PLACEMENT_FILE = "placement.json"
 MAX_ERROR_CHARS = 2000
+_WARM: dict[str, Any] = {}  # this trainable process's kept Driver actor: {"driver": handle, "bundles": [...]}
 
 
 class SweepResourceError(ValueError):
@@ -168,8 +176,41 @@ def record_placement(out: Path) -> dict[str, Any]:
     return info
 
 
-def run_trial(config: dict[str, Any], sweep_dir: str, plan: dict[str, dict[str, Any]]) -> None:
-    """Tune function trainable: run (or resume) the trial ``config["trial"]`` in its own folder."""
+def _kept_driver(bundles: list) -> Any:
+    """The Driver actor a previous trial of this process left for reuse, if it fits ``bundles`` and is alive."""
+    import ray
+
+    kept = _WARM.pop("driver", None)
+    if kept is None:
+        return None
+    if _WARM.pop("bundles", None) == bundles:
+        try:
+            ray.get(kept.describe.remote(), timeout=30)
+            return kept
+        except Exception:  # noqa: BLE001 - dead or stuck: start fresh
+            pass
+    _kill_driver(kept)
+    return None
+
+
+def _kill_driver(driver: Any) -> None:
+    import ray
+
+    try:
+        ray.get(driver.shutdown.remote(), timeout=30)
+    except Exception:  # noqa: BLE001 - already gone
+        pass
+    try:
+        ray.kill(driver)
+    except Exception:  # noqa: BLE001
+        pass
+
+
+def run_trial(config: dict[str, Any], sweep_dir: str, plan: dict[str, dict[str, Any]], warm: bool = True) -> None:
+    """Tune function trainable: run (or resume) the trial ``config["trial"]`` in its own folder.
+
+    ``warm``: run on the Driver and workers a finished trial of this process kept, and keep them afterwards.
+    """
     from orchestrator.run import Experiment
 
     trial_id = config["trial"]
@@ -185,10 +226,17 @@ def run_trial(config: dict[str, Any], sweep_dir: str, plan: dict[str, dict[str, 
                  started_at=time.time())
     t0 = time.perf_counter()
     exp = None
+    kept = _kept_driver(entry["bundles"]) if warm else None
     try:
         tune_round = _tune_checkpoint_round()
-        exp = Experiment(cfg, out, resume=True, cluster_resources=entry["cluster_resources"])
+        try:
+            exp = Experiment(cfg, out, resume=True, cluster_resources=entry["cluster_resources"], driver=kept)
+        except Exception:
+            if kept is not None:
+                _kill_driver(kept)
+            raise
         state["setup_seconds"] = time.perf_counter() - t0
+        state["warm_start"] = kept is not None
         state["data_notes"] = exp.data_notes  # printed once on the sweep's console by SweepProgress
         if tune_round is not None and tune_round > exp.completed:
             raise RuntimeError(f"Tune's checkpoint says round {tune_round} but {out} holds {exp.completed} "
@@ -206,6 +254,8 @@ def run_trial(config: dict[str, Any], sweep_dir: str, plan: dict[str, dict[str, 
         state.update(status="completed", rounds_completed=exp.completed,
                      wall_seconds=prior_wall + time.perf_counter() - t0)
         _write_state(out, state)
+        if warm:
+            _WARM.update(driver=exp.detach(), bundles=entry["bundles"])
         if not reported:
             _report(trial_id, exp.records[-1], state, True)
     except Exception as err:

@@ -257,3 +257,28 @@ def test_release_freed_memory_returns_fragmented_heap_pages():
     freed = before - proc.memory_info().rss
     assert freed > 100 * 2**20, f"only {freed / 2**20:.0f} MiB returned"
     assert len(keep) == 500
+
+
+def test_reconfigured_worker_equals_a_fresh_one(local_worker):
+    """Warm trials: a worker that served one run serves the next exactly as a freshly started one would."""
+    from dataclasses import replace
+
+    from workers.actor import ClientWorker
+
+    other_data, other_train = replace(DATA, num_clients=2), replace(TRAIN, lr=5e-3, local_steps=3)
+    used = ClientWorker(TINY, DATA, TRAIN, seed=0)
+    used.train(main_start(used, 1, seed=3))  # leaves trained weights, adapters and a trained head behind
+    reused = used.reconfigure(TINY, other_data, other_train, seed=5)
+    fresh = ClientWorker(TINY, other_data, other_train, seed=5)
+    assert reused == {"model_reused": True, "data_reused": False}
+    assert used.module_specs() == fresh.module_specs()
+    assert used.client_num_examples() == fresh.client_num_examples() == {0: 14, 1: 14}
+    head_used, head_fresh = used.initial_head(), fresh.initial_head()
+    assert torch.equal(head_used["score.weight"], head_fresh["score.weight"])  # the seed-5 head, not seed 0's
+    a, b = used.train(main_start(used, 1, seed=9)), fresh.train(main_start(fresh, 1, seed=9))
+    for (Ba, Aa), (Bb, Ab) in zip(a.adapters["main"].values(), b.adapters["main"].values()):
+        assert torch.equal(Ba, Bb) and torch.equal(Aa, Ab)
+    assert torch.equal(a.head["score.weight"], b.head["score.weight"]) and a.train_loss == b.train_loss
+    # a model-shaping option that differs: the model is loaded again
+    assert used.reconfigure(TINY, other_data, replace(other_train, gradient_checkpointing=True), seed=5) == {
+        "model_reused": False, "data_reused": True}

@@ -370,3 +370,24 @@ def test_focus_must_name_a_variant_and_is_kept_in_the_spec():
     assert spec.focus == FEDIT_HALF["label"] and spec.to_dict()["focus"] == FEDIT_HALF["label"]
     with pytest.raises(SweepSpecError, match=r"focus='FLoRA' must be the label of one of axes.variants"):
         parse_spec({**tiny_spec(variants=[FEDPLORA, FEDIT_HALF]), "focus": "FLoRA"})
+
+
+@pytest.mark.slow
+def test_warm_trials_run_on_kept_workers_and_match_fresh_ones(reference_sweep, tmp_path):
+    """One trial at a time: the second trial runs on the first one's Driver and workers (kept models), with
+    exactly the numbers of the reference sweep, whose trials ran at once on fresh actors."""
+    from sweeps.run import run_sweep
+
+    spec = parse_spec(KILL_SPEC)
+    out = tmp_path / "warm"
+    table = run_sweep(spec, {}, expand(spec), out, max_concurrent=1, summary_every=3600, log=lambda _: None)
+    reference = reference_sweep[1].iloc[:2]
+    pd.testing.assert_frame_equal(table[COMPARED].reset_index(drop=True), reference[COMPARED].reset_index(drop=True))
+    ids = list(table["trial_id"])
+    states = [_state(out, t) for t in ids]
+    assert [s["warm_start"] for s in states] == [False, True]
+    for tid in ids:
+        warm, cold = (pd.read_csv(d / "trials" / tid / "rounds.csv") for d in (out, reference_sweep[0]))
+        metrics = [c for c in cold.columns if not c.startswith("t_")]
+        pd.testing.assert_frame_equal(warm[metrics], cold[metrics])
+    print(f"setup seconds: cold {states[0]['setup_seconds']:.1f}, warm {states[1]['setup_seconds']:.1f}")

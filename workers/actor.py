@@ -44,21 +44,46 @@ class ClientWorker:
 
     def __init__(self, model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, seed: int,
                  num_threads: int = 1, data: FederatedData | None = None):
+        torch.set_num_threads(max(1, int(num_threads)))
+        self.trainer: Any = None
+        self.reconfigure(model_cfg, data_cfg, train_cfg, seed, data)
+
+    def reconfigure(self, model_cfg: ModelConfig, data_cfg: DataConfig, train_cfg: TrainConfig, seed: int,
+                    data: FederatedData | None = None) -> dict[str, bool]:
+        """Serve another run: load its data, and its model unless the loaded one can serve it (warm trials).
+
+        The loaded model is kept when the model config, task, number of labels and the model-shaping train
+        options are the same; it is then reset to what a fresh load with ``seed`` gives
+        (:meth:`workers.local_training.LocalTrainer.reset`), so results equal a fresh worker's bitwise. The
+        data split is rebuilt unless the data config and seed are the same. Returns what was reused.
+        """
         from workers.local_training import LocalTrainer
         from workers.partition import load_federated
 
-        torch.set_num_threads(max(1, int(num_threads)))
-        self.seed = int(seed)
-        self.model_cfg = model_cfg
-        built, caught = collect_notes(lambda: data if data is not None else load_federated(data_cfg, self.seed))
-        self.data: FederatedData = built
-        self.notes = list(dict.fromkeys([*self.data.notes, *caught]))
+        seed = int(seed)
+        same_data = data is None and self.trainer is not None and (data_cfg, seed) == (self.data_cfg, self.seed)
+        if not same_data:
+            built, caught = collect_notes(lambda: data if data is not None else load_federated(data_cfg, seed))
+            self.data: FederatedData = built
+            self.notes = list(dict.fromkeys([*self.data.notes, *caught]))
+        num_labels = self.data.num_labels if self.data.task == "classification" else None
+        trainer = self.trainer
+        reuse = (trainer is not None and model_cfg == self.model_cfg and trainer.task == self.data.task
+                 and trainer.loaded.num_labels == num_labels and trainer.can_reset(train_cfg))
+        self.seed, self.model_cfg, self.data_cfg = seed, model_cfg, data_cfg
         self.max_length = data_cfg.max_length
+        self.num_labels = num_labels
         self._data_info: dict[str, Any] | None = None
-        self.num_labels = self.data.num_labels if self.data.task == "classification" else None
-        loaded = load_model(model_cfg, self.data.task, self.num_labels, self.seed)
-        self.trainer = LocalTrainer(loaded, train_cfg, data_cfg.max_length, _assigned_device())
         self.shared = SharedArgs()
+        if reuse:
+            trainer.reset(train_cfg, seed)
+            trainer.max_length = int(data_cfg.max_length)
+        else:
+            self.trainer = None
+            release_freed_memory()
+            loaded = load_model(model_cfg, self.data.task, self.num_labels, seed)
+            self.trainer = LocalTrainer(loaded, train_cfg, data_cfg.max_length, _assigned_device())
+        return {"model_reused": reuse, "data_reused": same_data}
 
     def ping(self) -> dict[str, Any]:
         """Where this worker runs: pid, host, Ray GPU ids, torch device and threads."""

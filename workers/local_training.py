@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from core.wire import ClientStart, ClientUpdate, Delta, LowRankDelta, TailPenalty
 from workers import precision
-from workers.models import LoadedModel, head_state
+from workers.models import LoadedModel, head_state, reseed
 from workers.train_config import TrainConfig
 
 IGNORE_INDEX = -100
@@ -65,6 +65,32 @@ class LocalTrainer:
         self._params = dict(self.model.named_parameters())
         self.adapter_names: tuple[str, ...] = ()
         self._fold_key: str | None = None  # key of the shared fold the base weights hold (restore_and_fold)
+
+    def reset(self, cfg: TrainConfig, seed: int) -> None:
+        """Serve another run on the same loaded model: its train options and the parameters drawn from ``seed``.
+
+        Afterwards the trainer is in the state a fresh ``LocalTrainer(load_model(..., seed), cfg)`` starts in:
+        pristine weights, no adapters, the seed's initial head. Options that change the model itself
+        (``autocast``, ``gradient_checkpointing``) must equal the current ones (:meth:`can_reset`).
+        """
+        if not self.can_reset(cfg):
+            raise ValueError("train.autocast / train.gradient_checkpointing differ: load the model again")
+        self.cfg = cfg
+        self.restore_and_fold({})
+        self.clear_adapters()
+        reseed(self.loaded, seed)
+        self.head0 = head_state(self.loaded)
+        self.model.eval()
+        self.model.requires_grad_(False)
+
+    def can_reset(self, cfg: TrainConfig) -> bool:
+        """Whether :meth:`reset` can switch to ``cfg``.
+
+        It needs the same model-shaping options, and no target weight drawn from the seed (``W0`` would change).
+        """
+        seeded_target = any(f"{m}.weight" in self.loaded.seeded for m in self.w0)
+        same = (cfg.autocast, cfg.gradient_checkpointing) == (self.cfg.autocast, self.cfg.gradient_checkpointing)
+        return same and not seeded_target
 
     # ---------------------------------------------------------------------------------------- model state
 

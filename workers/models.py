@@ -104,6 +104,7 @@ class LoadedModel:
     ``targets``: fully-qualified names of the adapted linear layers (the keys of every per-module dict
     in a ClientStart). ``head_names``: parameter names of the classification head (empty for causal LM).
     ``pooling``: the resolved pooling of a classification model (``cls`` or ``mean``; ``None`` for causal LM).
+    ``seeded``: the parameters the checkpoint lacked, drawn from the run seed (:func:`reseed`).
     """
 
     model: nn.Module
@@ -114,6 +115,16 @@ class LoadedModel:
     head_names: tuple[str, ...]
     num_labels: int | None
     pooling: str | None = None
+    seeded: tuple[str, ...] = ()
+
+
+def reseed(loaded: LoadedModel, seed: int) -> None:
+    """Draw ``loaded.seeded`` again from ``seed``: the model is then what ``load_model(..., seed)`` returns.
+
+    The other weights come from the checkpoint (or a fixed seed, tiny-llama) and do not depend on the run seed,
+    so a loaded model can serve a run with another seed (warm sweep trials).
+    """
+    _seeded_init(loaded.model, set(loaded.seeded), seed)
 
 
 def cache_root() -> Path:
@@ -162,7 +173,7 @@ def load_model(cfg: ModelConfig, task: str, num_labels: int | None = None, seed:
                          f"(no default); available linear modules: {available_linear_names(model)}")
     specs = target_module_specs(model, targets, exclude=tuple(n.rsplit(".", 1)[0] for n in head_names))
     return LoadedModel(model, tokenizer, task, family, tuple(s.name for s in specs), head_names,
-                       num_labels if task == "classification" else None, pooling)
+                       num_labels if task == "classification" else None, pooling, tuple(sorted(missing)))
 
 
 class MeanPoolingClassifier(nn.Module):
