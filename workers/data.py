@@ -12,7 +12,9 @@ Sources (``DataConfig.dataset``):
 - ``glue``, ``dolly``: through the ``datasets`` library (hub ids ``nyu-mll/glue`` and
   ``databricks/databricks-dolly-15k``); ``data.path`` (a file or a folder of ``train.*`` /
   ``validation.*`` files) replaces the hub id, which is how tests run offline. ``datasets`` is imported
-  only here, lazily.
+  lazily.
+- ``hub``: any hub data set (``data.hub_id``) or a local copy of one (``data.path``), with named columns
+  and splits (:mod:`workers.hub_data`).
 - ``natural_instructions``: a local folder in the official format (``tasks/taskNNN_*.json`` with
   ``"Definition"`` and ``"Instances": [{"input", "output": [...]}]``); the group is the task.
 
@@ -114,6 +116,7 @@ def load_examples(cfg: DataConfig) -> LabelledPool:
         "glue": _load_glue,
         "dolly": _load_dolly,
         "natural_instructions": _load_natural_instructions,
+        "hub": _load_hub,
     }
     pool = loaders[cfg.dataset](cfg)
     if not pool.examples:
@@ -316,6 +319,12 @@ def _load_natural_instructions(cfg: DataConfig) -> LabelledPool:
             examples.append(Example(text=NI_PROMPT.format(definition=definition, input=inst["input"]),
                                     target=" " + str(outputs[0]), group=file.stem))
     return LabelledPool(examples, [], "causal_lm", source=f"natural_instructions:{folder}")
+
+
+def _load_hub(cfg: DataConfig) -> LabelledPool:
+    from workers.hub_data import load_hub  # its own module (it imports this one)
+
+    return load_hub(cfg)
 
 
 # ---------------------------------------------------------------- shared helpers
