@@ -27,10 +27,11 @@ from tests.method_helpers import make, random_state, run_rounds
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
 PLUGIN = EXAMPLES / "custom_method" / "slotavg.py"
-# Fast settings for the examples' trials: tiny random-init Llama classifier, 1 round of 1 step.
+# Fast settings for the examples' trials: tiny random-init Llama classifier, 1 round of 1 step; half a CPU per
+# worker, so the sweep's three trials run at once on the 2 CPUs of the test's Ray instance.
 FAST = ["model.name=tiny-llama", "rounds=1", "eval_every=1", "data.num_clients=4", "data.max_examples=64",
         "data.global_test_size=16", "data.max_length=24", "train.local_steps=1", "train.batch_size=8",
-        "resources.num_workers=1", "resources.device=cpu"]
+        "resources.num_workers=1", "resources.cpus_per_worker=0.5", "resources.device=cpu"]
 
 
 def _forget_plugin() -> None:
@@ -143,7 +144,7 @@ def ray_local():
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield
     ray.shutdown()
 

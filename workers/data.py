@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from workers.data_config import BUILTIN_GROUPS, DataConfig
+from workers.hub_data import FILE_FORMATS, read_hub
 
 RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 RT_LABEL_NAMES = ["rotten", "fresh"]
@@ -59,7 +60,6 @@ ALPACA_PROMPT_CONTEXT = ("Below is an instruction that describes a task, paired 
                          "### Instruction:\n{instruction}\n\n### Input:\n{context}\n\n### Response:\n")
 # Super-NaturalInstructions' definition-only prompt (Wang et al. 2022, Tk-Instruct).
 NI_PROMPT = "Definition: {definition}\n\nNow complete the following example -\nInput: {input}\nOutput:"
-FILE_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 @dataclass(frozen=True)
@@ -322,9 +322,16 @@ def _load_natural_instructions(cfg: DataConfig) -> LabelledPool:
 
 
 def _load_hub(cfg: DataConfig) -> LabelledPool:
-    from workers.hub_data import load_hub  # its own module (it imports this one)
-
-    return load_hub(cfg)
+    """The train split's examples, the test split's as ``heldout``; one label mapping over both."""
+    hub = read_hub(cfg)
+    both = pd.concat([hub.train] + ([hub.test] if hub.test is not None else []), ignore_index=True)
+    examples, names = _frame_examples(
+        both, source=hub.source, text=cfg.text_column or "text", pair=cfg.text_pair_column, label=hub.label_column,
+        target=(cfg.target_column or "target") if cfg.task == "causal_lm" else None, group=cfg.group_column,
+        label_names=hub.label_names)
+    n = len(hub.train)
+    return LabelledPool(examples[:n], names, cfg.task, heldout=examples[n:] if hub.test is not None else None,
+                        source=hub.source)
 
 
 # ---------------------------------------------------------------- shared helpers

@@ -1,4 +1,4 @@
-"""Any data set of the Hugging Face hub (``data.dataset: hub``), or a local copy of one, as a ``LabelledPool``.
+"""Any data set of the Hugging Face hub (``data.dataset: hub``), or a local copy of one, as pandas frames.
 
 Source, through the ``datasets`` library (imported lazily, here only):
 
@@ -20,46 +20,54 @@ Columns: the options of the CSV path (``workers/data.py``): ``data.text_column``
 causal LM), ``data.target_column`` (causal LM; default ``target``), ``data.group_column``. Label names: a
 ``ClassLabel`` column's own names (rows labelled ``-1``, the hub's "no label", are dropped); otherwise
 :func:`workers.data.encode_labels` over the train and test splits together, so both get one mapping.
+``workers.data`` turns the frames into examples with the same column checks as a CSV file.
 """
 
 from __future__ import annotations
 
 import glob
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from workers.data import FILE_FORMATS, LabelledPool, _frame_examples
 from workers.data_config import DataConfig
 
+FILE_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}  # suffix -> builder
 SAVE_TO_DISK_MARKERS = ("dataset_dict.json", "state.json")  # what Dataset(Dict).save_to_disk writes
 NO_LABEL = -1  # a ClassLabel value meaning "no label" (hidden test labels on the hub)
 
 
-def load_hub(cfg: DataConfig) -> LabelledPool:
-    """The examples of ``cfg.train_split`` (and ``cfg.test_split`` as the held-out split) of a hub data set."""
+@dataclass(frozen=True)
+class HubSplits:
+    """The rows of the train split and of the optional test split, ready for ``workers.data``'s columns.
+
+    ``label_column``: the column the labels come from (``None``: unlabelled causal LM); ``label_names``: its
+    ``ClassLabel`` names (``None`` when it has none); ``source``: where the rows came from, for messages.
+    """
+
+    train: pd.DataFrame
+    test: pd.DataFrame | None
+    label_column: str | None
+    label_names: list[str] | None
+    source: str
+
+
+def read_hub(cfg: DataConfig) -> HubSplits:
+    """The train split (and ``cfg.test_split``) of the data set named by ``cfg.path`` or ``cfg.hub_id``."""
     splits, source = open_splits(cfg)
     train_name = _pick_split(splits, cfg.train_split, "data.train_split", source)
     names = [train_name] + ([_pick_split(splits, cfg.test_split, "data.test_split", source)]
                             if cfg.test_split else [])
-    causal = cfg.task == "causal_lm"
-    label_col = cfg.label_column if causal else (cfg.label_column or "label")
+    label_col = cfg.label_column if cfg.task == "causal_lm" else (cfg.label_column or "label")
     frames = [_frame(splits[name], label_col) for name in names]
-    label_names = _class_names(splits[train_name], label_col)
     for field, name, frame in zip(("data.train_split", "data.test_split"), names, frames):
         if frame.empty:
             raise ValueError(f"{field}={name!r} of {source} has no rows with a label (a {label_col!r} of "
                              f"{NO_LABEL} is the hub's hidden test label); use another split")
-    both = pd.concat(frames, ignore_index=True)
-    examples, found = _frame_examples(
-        both, source=f"{source}:{'+'.join(names)}", text=cfg.text_column or "text", pair=cfg.text_pair_column,
-        label=label_col, target=(cfg.target_column or "target") if causal else None, group=cfg.group_column,
-        label_names=label_names)
-    n_train = len(frames[0])
-    heldout = examples[n_train:] if cfg.test_split else None
-    return LabelledPool(examples[:n_train], list(label_names or found), cfg.task, heldout=heldout,
-                        source=f"{source}:{train_name}")
+    return HubSplits(train=frames[0], test=frames[1] if len(frames) > 1 else None, label_column=label_col,
+                     label_names=_class_names(splits[train_name], label_col), source=f"{source}:{'+'.join(names)}")
 
 
 def open_splits(cfg: DataConfig) -> tuple[dict[str, Any], str]:
