@@ -95,6 +95,26 @@ def test_plugins_key_registers_the_method_and_unknown_names_say_how():
         _forget_plugin()
 
 
+def test_plugin_flag_of_both_command_lines(tmp_path, capsys):
+    import argparse
+
+    from orchestrator.run import main as run_main
+    from sweeps.run import resolve_request
+
+    _forget_plugin()
+    try:
+        assert run_main(["--plugin", str(PLUGIN), "--set", "method.name=slotavg", "--print-config"]) == 0
+        printed = yaml.safe_load(capsys.readouterr().out)
+        assert printed["plugins"] == [str(PLUGIN)] and printed["method"]["name"] == "slotavg"
+        _forget_plugin()
+        args = argparse.Namespace(preset="quick", config=None, resume=None, out=str(tmp_path / "s"), overrides=[],
+                                  plugin=[str(PLUGIN)])
+        _, _, trials, _ = resolve_request(args)
+        assert "slotavg" in registry._METHODS and {t.config.plugins for t in trials} == {(str(PLUGIN),)}
+    finally:
+        _forget_plugin()
+
+
 def test_plugin_errors_name_the_entry(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"plugins: 'nowhere/mine\.py' does not exist"):
         load_plugin("nowhere/mine.py")
