@@ -19,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from core.plugins import check_plugins, load_plugins, resolve_plugin
 from core.validation import check_int
 from orchestrator.method_config import MethodConfig
 from orchestrator.methods.registry import check_method_name
@@ -47,7 +48,9 @@ class RunConfig:
 
     ``participation``: fraction of clients sampled uniformly without replacement each round
     (``floor(participation * num_clients)`` clients, seeded per round). ``eval_every``: evaluate the
-    global model every this many rounds (the final round always).
+    global model every this many rounds (the final round always). ``plugins``: Python files (relative to
+    the cwd, stored resolved) or module names imported before ``method.name`` is checked, so that methods
+    they ``@register`` can run (:mod:`core.plugins`).
     """
 
     seed: int = 0
@@ -56,6 +59,7 @@ class RunConfig:
     eval_every: int = 1
     eval_personal: bool = True
     checkpoint_every: int = 1
+    plugins: tuple[str, ...] = ()
     method: MethodConfig = field(default_factory=MethodConfig)
     ranks: RankConfig = field(default_factory=RankConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -69,6 +73,9 @@ class RunConfig:
         check_int("rounds", self.rounds, 1)
         check_int("eval_every", self.eval_every, 1)
         check_int("checkpoint_every", self.checkpoint_every, 1)
+        plugins = dict.fromkeys(resolve_plugin(p) for p in check_plugins(self.plugins))  # ordered, once each
+        object.__setattr__(self, "plugins", tuple(plugins))
+        load_plugins(self.plugins)
         check_method_name(self.method.name)
         if self.data.global_test_size < 1:
             raise ValueError(f"data.global_test_size={self.data.global_test_size} must be >= 1: a run evaluates "
@@ -97,8 +104,11 @@ class RunConfig:
 
     def fingerprint(self, exclude: tuple[str, ...] = ("rounds", "resources", "eval_every",
                                                       "checkpoint_every")) -> str:
-        """Hash of everything that changes the result (not the round budget, workers or eval cadence)."""
-        d = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        """Hash of everything that changes the result (not the round budget, workers or eval cadence).
+
+        ``plugins`` never counts: a method is known by its ``method.name``, wherever its file lives.
+        """
+        d = {k: v for k, v in self.to_dict().items() if k not in (*exclude, "plugins")}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -178,8 +188,12 @@ def _split_override(text: str) -> tuple[str, Any]:
     return key.strip(), yaml.safe_load(raw) if raw.strip() else None
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML run config (or the defaults), apply overrides, validate."""
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
+                plugins: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Read a YAML run config (or the defaults), apply overrides, validate.
+
+    ``plugins`` (the command line's ``--plugin``) are appended to the config's own ``plugins``.
+    """
     data: dict[str, Any] = {}
     if path is not None:
         p = Path(path)
@@ -190,6 +204,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
             raise ValueError(f"config file {str(p)!r} must hold a mapping of options")
         data.pop("fingerprint", None)  # a run's saved config.yaml carries its fingerprint
     data = apply_overrides(data, overrides or [])
+    if plugins and isinstance(data.get("plugins") or [], list | tuple):
+        data["plugins"] = [*(data.get("plugins") or []), *plugins]
     return build(RunConfig, data)
 
 

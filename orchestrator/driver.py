@@ -22,6 +22,7 @@ from typing import Any
 import ray
 import torch
 
+from core.plugins import load_plugins
 from core.rng import generator
 from core.wire import ClientStart, ClientUpdate
 from orchestrator.config import RunConfig
@@ -91,6 +92,7 @@ class Driver:
         self.client_sizes = {int(k): int(v) for k, v in sizes.items()}
         self.num_clients = cfg.data.num_clients
         self.client_ranks = assign_ranks(cfg.ranks, self.num_clients, cfg.seed)
+        load_plugins(cfg.plugins)  # this actor's process resolves the method name too
         self.method: FederatedMethod = build_method(cfg.method, specs, self.client_ranks, cfg.ranks.max_rank,
                                                     cfg.seed)
         self.initial_head = head if cfg.method.train_head or head else None

@@ -3,6 +3,7 @@
     python -m orchestrator.run --config configs/minilm_fedplora.yaml --out runs/fedplora [--set key=value ...]
     python -m orchestrator.run --resume runs/fedplora          # continue a killed run
     python -m orchestrator.run --config ... --out DIR --overwrite
+    python -m orchestrator.run --plugin my_method.py --set method.name=mymethod --out DIR   # a method of your own
 
 Writes ``DIR/config.yaml`` (fully resolved), ``rounds.csv``, ``clients.csv``, ``similarity.csv``,
 ``partition.csv``, ``examples.parquet``, ``summary.json``, ``checkpoint/`` (every ``checkpoint_every``
@@ -325,6 +326,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="override one option, e.g. --set method.name=flora --set data.num_clients=20")
     parser.add_argument("--resume", metavar="DIR", help="continue the run in DIR from its last checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                        help="a Python file (or module) that @registers a method; added to the config's plugins, "
+                             "imported by every process of the run")
     parser.add_argument("--address", help="Ray cluster address ('auto' to join a running cluster)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     parser.add_argument("--print-config", action="store_true",
@@ -332,18 +336,19 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.print_config:
         try:
-            print(yaml.safe_dump(load_config(args.config, args.overrides).to_dict(), sort_keys=False), end="")
+            print(yaml.safe_dump(load_config(args.config, args.overrides, args.plugin).to_dict(), sort_keys=False),
+                  end="")
         except (ValueError, FileNotFoundError) as err:
             print(f"error: {err}", file=sys.stderr)
             return 2
         return 0
     try:
         if args.config:
-            cfg = load_config(args.config, args.overrides)
-        elif args.resume and args.overrides:  # overrides on top of the saved config (e.g. more rounds)
-            cfg = load_config(Path(args.resume) / RUN_MARKER, args.overrides)
+            cfg = load_config(args.config, args.overrides, args.plugin)
+        elif args.resume and (args.overrides or args.plugin):  # on top of the saved config (e.g. more rounds)
+            cfg = load_config(Path(args.resume) / RUN_MARKER, args.overrides, args.plugin)
         else:
-            cfg = load_config(None, args.overrides) if args.overrides else None
+            cfg = load_config(None, args.overrides, args.plugin) if args.overrides or args.plugin else None
         if args.resume and args.out and Path(args.out) != Path(args.resume):
             raise RunSetupError("--resume DIR continues the run in DIR; drop --out or make it the same folder")
         out = Path(args.resume or args.out or "")

@@ -4,6 +4,8 @@
     python -m sweeps.run --config configs/sweeps/tiny_smoke.yaml --out DIR [--set key=value ...]
     python -m sweeps.run --resume DIR                  # continue an interrupted sweep (errored trials too)
     python -m sweeps.run --list-presets
+    python -m sweeps.run --config examples/custom_method/sweep.yaml --out DIR     # plugins: in the YAML
+    python -m sweeps.run --preset quick --plugin my_method.py --set ... --out DIR  # or on the command line
     python -m sweeps.run --preset paper_glue --out DIR --address auto --max-concurrent 8
 
 Writes ``DIR/sweep.yaml`` (the resolved spec, the ``--set`` overrides, the trial list and the sweep's
@@ -28,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from core.plugins import load_plugins
 from orchestrator.run import init_ray
 from sweeps.spec import (
     SweepSpec,
@@ -37,6 +40,7 @@ from sweeps.spec import (
     load_spec_file,
     parse_overrides,
     parse_spec,
+    with_plugins,
 )
 from sweeps.trials import TrialSpec, expand, sweep_fingerprint
 
@@ -120,12 +124,15 @@ def resolve_request(args: argparse.Namespace) -> tuple[SweepSpec, dict[str, Any]
     out = Path(args.resume or args.out or "")
     if not (args.resume or args.out):
         raise SweepSetupError("--out DIR is required (or --resume DIR)")
+    plugins = list(getattr(args, "plugin", None) or [])
+    load_plugins(plugins)  # before any method name is checked
     if args.resume and not given and not args.overrides:
         spec, overrides, _ = load_sweep_dir(out)
+        spec = with_plugins(spec, plugins)
     elif not given:
         raise SweepSetupError(f"--preset NAME or --config FILE is required; presets: {available_presets()}")
     else:
-        spec = load_preset(args.preset) if args.preset else load_spec_file(args.config)
+        spec = with_plugins(load_preset(args.preset) if args.preset else load_spec_file(args.config), plugins)
         overrides = parse_overrides(args.overrides)
     trials = expand(spec, overrides)
     check_out_dir(out, trials, bool(args.resume))
@@ -254,6 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", help="a sweep YAML file")
     parser.add_argument("--out", help="results folder")
     parser.add_argument("--resume", metavar="DIR", help="continue the sweep in DIR (unfinished and errored trials)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                        help="a Python file (or module) that @registers a method; imported here and in every trial")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override one run-config option in every trial, e.g. --set rounds=5")
     parser.add_argument("--address", help="Ray cluster address ('auto' joins a running cluster)")

@@ -3,6 +3,8 @@
 A sweep YAML::
 
     name: my_sweep
+    plugins: [my_method.py]                     # optional files (relative to this YAML) or modules that
+                                                # @register methods; merged into base.plugins
     base_config: configs/minilm_fedplora.yaml   # optional file (relative to this YAML, else to the cwd)
     base:                                       # optional inline run config, merged over base_config
       rounds: 20
@@ -21,12 +23,13 @@ A sweep YAML::
       seeds: [0, 1, 2]                          # default: the base config's seed
 
 Every key is checked against :func:`orchestrator.config.all_keys` and every method name against the method
-registry; all problems are reported at once. Expanding a spec into its trials (and checking every trial's
-values) is :mod:`sweeps.trials`.
+registry (after the plugins are imported); all problems are reported at once. Expanding a spec into its
+trials (and checking every trial's values) is :mod:`sweeps.trials`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import re
@@ -36,10 +39,11 @@ from typing import Any
 
 import yaml
 
+from core.plugins import check_plugins, load_plugins, resolve_plugin
 from orchestrator.config import all_keys, apply_overrides, unknown_key_message
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
-TOP_KEYS = ("name", "description", "base", "base_config", "metric", "focus", "axes")
+TOP_KEYS = ("name", "description", "plugins", "base", "base_config", "metric", "focus", "axes")
 AXES_KEYS = ("variants", "settings", "grid", "seeds")
 BUNDLE_KEYS = ("label", "set")
 METRICS = ("accuracy", "mcc", "rouge_l", "personal_accuracy", "personal_mcc", "personal_rouge_l")
@@ -159,6 +163,7 @@ def parse_spec(data: dict[str, Any], source_dir: Path | None = None, default_nam
         if key not in TOP_KEYS:
             errors.append(_unknown("sweep key", key, TOP_KEYS))
     base = _base(data, source_dir, errors)
+    _plugins(base, data.get("plugins"), source_dir, errors)
     axes = data.get("axes") or {}
     if not isinstance(axes, dict):
         errors.append(f"axes must be a mapping with keys {list(AXES_KEYS)}; got {axes!r}")
@@ -201,6 +206,30 @@ def _base(data: dict[str, Any], source_dir: Path | None, errors: list[str]) -> d
     flat = {**_flatten_set(merged), **_flatten_set(inline)}
     errors.extend(f"base: {m}" for m in key_errors(flat))
     return apply_overrides({}, {k: v for k, v in flat.items() if k in set(all_keys())})
+
+
+def _plugins(base: dict[str, Any], top: Any, source_dir: Path | None, errors: list[str]) -> None:
+    """Merge the top-level ``plugins`` (relative to the sweep file) into ``base`` and import them all.
+
+    Imported here, before the axes are checked, so a method they register is a valid ``method.name``.
+    """
+    try:
+        extra = [resolve_plugin(p, source_dir) for p in check_plugins(top)] if top is not None else []
+        merged = [*check_plugins(base.get("plugins", []), "base.plugins"), *extra]
+        load_plugins(merged)
+    except (ValueError, FileNotFoundError) as err:
+        errors.append(str(err))
+        return
+    if merged:
+        base["plugins"] = list(dict.fromkeys(resolve_plugin(p) for p in merged))
+
+
+def with_plugins(spec: SweepSpec, plugins: list[str]) -> SweepSpec:
+    """``spec`` with the command line's ``--plugin`` files added to its base (imported already by the caller)."""
+    if not plugins:
+        return spec
+    merged = list(dict.fromkeys([*spec.base.get("plugins", []), *(resolve_plugin(p) for p in plugins)]))
+    return dataclasses.replace(spec, base={**spec.base, "plugins": merged})
 
 
 def _resolve_file(name: str, source_dir: Path | None) -> Path | None:

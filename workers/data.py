@@ -12,7 +12,9 @@ Sources (``DataConfig.dataset``):
 - ``glue``, ``dolly``: through the ``datasets`` library (hub ids ``nyu-mll/glue`` and
   ``databricks/databricks-dolly-15k``); ``data.path`` (a file or a folder of ``train.*`` /
   ``validation.*`` files) replaces the hub id, which is how tests run offline. ``datasets`` is imported
-  only here, lazily.
+  lazily.
+- ``hub``: any hub data set (``data.hub_id``) or a local copy of one (``data.path``), with named columns
+  and splits (:mod:`workers.hub_data`).
 - ``natural_instructions``: a local folder in the official format (``tasks/taskNNN_*.json`` with
   ``"Definition"`` and ``"Instances": [{"input", "output": [...]}]``); the group is the task.
 
@@ -32,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from workers.data_config import BUILTIN_GROUPS, DataConfig
+from workers.hub_data import FILE_FORMATS, read_hub
 
 RT_FILE = "data/rotten_tomatoes_corpus_full.csv.bz2"
 RT_LABEL_NAMES = ["rotten", "fresh"]
@@ -57,7 +60,6 @@ ALPACA_PROMPT_CONTEXT = ("Below is an instruction that describes a task, paired 
                          "### Instruction:\n{instruction}\n\n### Input:\n{context}\n\n### Response:\n")
 # Super-NaturalInstructions' definition-only prompt (Wang et al. 2022, Tk-Instruct).
 NI_PROMPT = "Definition: {definition}\n\nNow complete the following example -\nInput: {input}\nOutput:"
-FILE_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,7 @@ def load_examples(cfg: DataConfig) -> LabelledPool:
         "glue": _load_glue,
         "dolly": _load_dolly,
         "natural_instructions": _load_natural_instructions,
+        "hub": _load_hub,
     }
     pool = loaders[cfg.dataset](cfg)
     if not pool.examples:
@@ -316,6 +319,19 @@ def _load_natural_instructions(cfg: DataConfig) -> LabelledPool:
             examples.append(Example(text=NI_PROMPT.format(definition=definition, input=inst["input"]),
                                     target=" " + str(outputs[0]), group=file.stem))
     return LabelledPool(examples, [], "causal_lm", source=f"natural_instructions:{folder}")
+
+
+def _load_hub(cfg: DataConfig) -> LabelledPool:
+    """The train split's examples, the test split's as ``heldout``; one label mapping over both."""
+    hub = read_hub(cfg)
+    both = pd.concat([hub.train] + ([hub.test] if hub.test is not None else []), ignore_index=True)
+    examples, names = _frame_examples(
+        both, source=hub.source, text=cfg.text_column or "text", pair=cfg.text_pair_column, label=hub.label_column,
+        target=(cfg.target_column or "target") if cfg.task == "causal_lm" else None, group=cfg.group_column,
+        label_names=hub.label_names)
+    n = len(hub.train)
+    return LabelledPool(examples[:n], names, cfg.task, heldout=examples[n:] if hub.test is not None else None,
+                        source=hub.source)
 
 
 # ---------------------------------------------------------------- shared helpers

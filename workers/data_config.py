@@ -13,7 +13,7 @@ from typing import Literal
 from core.validation import check_choice, check_int
 
 DATASETS = ("rotten_tomatoes", "csv", "jsonl", "glue", "natural_instructions", "dolly",
-            "rotten_tomatoes_instruct")
+            "rotten_tomatoes_instruct", "hub")
 GLUE_TASKS = ("cola", "sst2", "mrpc", "qqp", "qnli", "rte")
 TASKS = ("classification", "causal_lm")
 PARTITIONS = ("iid", "dirichlet", "pathological", "natural")
@@ -27,12 +27,15 @@ DATASET_TASKS: dict[str, tuple[str, ...]] = {
     "natural_instructions": ("causal_lm",),
     "dolly": ("causal_lm",),
     "rotten_tomatoes_instruct": ("causal_lm",),
+    "hub": ("classification", "causal_lm"),
 }
 # Data sets whose examples carry a group (the natural split) without a ``group_column``.
 BUILTIN_GROUPS = {"rotten_tomatoes": "movie", "rotten_tomatoes_instruct": "movie",
                   "natural_instructions": "task", "dolly": "category"}
 # Data sets that must be given a local ``path`` (no hub id exists for them).
 NEEDS_PATH = ("csv", "jsonl", "natural_instructions")
+# Options of ``dataset: hub`` only (any hub data set, or a local copy of one: workers/hub_data.py).
+HUB_FIELDS = ("hub_id", "hub_config", "hub_revision", "train_split", "test_split")
 
 
 @dataclass(frozen=True)
@@ -42,14 +45,22 @@ class DataConfig:
     ``task`` left as ``None`` is resolved from ``dataset`` in ``__post_init__`` (so ``cfg.task`` is always
     concrete). ``global_test_size`` examples are held out before partitioning (or drawn from the source's
     official evaluation split where it has one, e.g. GLUE validation); ``max_examples`` then caps the
-    number of examples shared among the clients (seeded subsample). ``min_examples_per_client`` counts a
-    client's train and test examples together; ``client_test_fraction`` of them form its personal test set.
+    number of examples shared among the clients (seeded subsample). ``dataset: hub`` reads any hub data set
+    (``hub_id``, ``hub_config``, ``hub_revision``) or a local copy of one (``path``), taking the clients'
+    examples from ``train_split`` and, when given, the global test set from ``test_split``.
+    ``min_examples_per_client`` counts a client's train and test examples together; ``client_test_fraction``
+    of them form its personal test set.
     """
 
     dataset: Literal["rotten_tomatoes", "csv", "jsonl", "glue", "natural_instructions", "dolly",
-                     "rotten_tomatoes_instruct"] = "rotten_tomatoes"
+                     "rotten_tomatoes_instruct", "hub"] = "rotten_tomatoes"
     path: str | None = None
     glue_task: Literal["cola", "sst2", "mrpc", "qqp", "qnli", "rte"] | None = None
+    hub_id: str | None = None
+    hub_config: str | None = None
+    hub_revision: str | None = None
+    train_split: str | None = None
+    test_split: str | None = None
     text_column: str | None = None
     text_pair_column: str | None = None
     label_column: str | None = None
@@ -81,6 +92,7 @@ class DataConfig:
             check_choice("data.glue_task", self.glue_task, GLUE_TASKS)
         elif self.glue_task is not None:
             raise ValueError(f"data.glue_task={self.glue_task!r} is only allowed with data.dataset='glue'")
+        self._check_hub()
         check_choice("data.partition", self.partition, PARTITIONS)
         if self.partition == "natural" and self.group_column is None and self.dataset not in BUILTIN_GROUPS:
             raise ValueError(f"data.partition='natural' needs data.group_column for "
@@ -100,3 +112,18 @@ class DataConfig:
         if self.max_examples is not None:
             check_int("data.max_examples", self.max_examples, 1)
         check_int("data.max_length", self.max_length, 1)
+
+    def _check_hub(self) -> None:
+        for name in HUB_FIELDS:
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"data.{name}={value!r} must be a non-empty string")
+            if value is not None and self.dataset != "hub":
+                raise ValueError(f"data.{name}={value!r} is only allowed with data.dataset='hub'")
+        if self.dataset == "hub" and not (self.hub_id or self.path):
+            raise ValueError("data.dataset='hub' needs data.hub_id (a hub data set id, e.g. 'stanfordnlp/imdb') "
+                             "or data.path (a local copy: a folder written by save_to_disk, a Parquet file or "
+                             "a glob of Parquet files)")
+        if self.test_split is not None and self.test_split == (self.train_split or "train"):
+            raise ValueError(f"data.test_split={self.test_split!r} must differ from data.train_split: the global "
+                             "test set would overlap the clients' examples")

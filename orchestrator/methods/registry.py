@@ -42,7 +42,11 @@ def available_methods() -> list[str]:
 
 def check_method_name(name: object) -> None:
     """The one check of ``method.name``: a ValueError naming the field and the registered methods."""
-    check_choice("method.name", name, tuple(available_methods()))
+    try:
+        check_choice("method.name", name, tuple(available_methods()))
+    except ValueError as err:
+        raise ValueError(f"{err} (a method of your own: list its file under `plugins:` in the run or sweep "
+                         "YAML, or pass --plugin FILE)") from None
 
 
 def method_class(name: str) -> type[FederatedMethod]:
