@@ -207,6 +207,15 @@ def test_rbla_equal_ranks_is_fedit_bit_for_bit(weighting):
         assert torch.equal(a.tensors[k], b.tensors[k]), k
 
 
+def test_newer_methods_preset_runs_the_new_methods():
+    from sweeps.spec import load_preset
+    from sweeps.trials import expand
+
+    trials = expand(load_preset("newer_methods"))
+    assert len(trials) == 12 and {"fedsa_lora", "fedex_lora", "rbla"} <= {t.config.method.name for t in trials}
+    assert all(t.config.ranks.distribution == "homogeneous" for t in trials if t.config.method.name == "fedex_lora")
+
+
 # ---- Generic: every registered method ------------------------------------------------------------------
 @pytest.mark.parametrize("name", available_methods())
 def test_checkpoint_and_resume_equals_uninterrupted(name, tmp_path):
