@@ -14,9 +14,9 @@ Heterogeneous ranks (an extension; the paper uses one rank): client i holds the 
 it (``slot_average``) and a slot nobody held keeps its value, as FFA-LoRA's B here.
 
 The global state keeps the standard factored layout: ``<module>/A`` is the shared factor and
-``<module>/B`` the same per-slot weighted mean of the round's trained ``B_i``. That ``B`` is never sent
-to a client; it only defines the global model ``W0 + s B A`` that the common evaluation and noise
-metrics use (with equal ranks it is FedIT's aggregate). The paper evaluates the personalized models
+``<module>/B`` the same per-slot weighted mean of the round's trained ``B_i`` (FedIT's averaging rule
+applied to them). That ``B`` is never sent to a client; it only defines the global model ``W0 + s B A``
+that the common evaluation and noise metrics use. The paper evaluates the personalized models
 (``eval_personal``).
 """
 
