@@ -79,7 +79,8 @@ OK_STATES = {"terminated", "completed", "complete", "done", "finished", "success
 FAILED_STATES = {"error", "errored", "failed", "failure", "crashed"}
 
 METHOD_NAMES = {"fedplora": "Fed-PLoRA", "fedit": "FedIT", "flora": "FLoRA", "flexlora": "FlexLoRA",
-                "hetlora": "HETLoRA", "ffa_lora": "FFA-LoRA", "pfedlora": "pFedLoRA"}
+                "hetlora": "HETLoRA", "ffa_lora": "FFA-LoRA", "pfedlora": "pFedLoRA", "fedsa_lora": "FedSA-LoRA",
+                "fedex_lora": "FedEx-LoRA", "rbla": "RBLA"}
 GLUE_NAMES = {"cola": "CoLA", "sst2": "SST-2", "mrpc": "MRPC", "qqp": "QQP", "qnli": "QNLI", "rte": "RTE"}
 DATASET_NAMES = {"natural_instructions": "NI", "rotten_tomatoes": "Rotten Tomatoes",
                  "rotten_tomatoes_instruct": "Rotten Tomatoes (instr.)", "dolly": "Dolly", "glue": "GLUE"}
@@ -209,8 +210,9 @@ def method_label(config: dict[str, Any], global_rank: int | None = None) -> str:
     "Fed-PLoRA (drop)", "Fed-PLoRA (fixed)", "Fed-PLoRA (weight norm)"); ``fedit`` -> "FedIT (R)" when its
     rank equals ``global_rank`` (default: the run's ``ranks.max_rank``), "FedIT (R/2)" at half of it,
     else "FedIT (rank r)"; ``flora`` -> "FLoRA", ``flexlora`` -> "FlexLoRA", ``hetlora`` -> "HETLoRA",
-    ``ffa_lora`` -> "FFA-LoRA", ``pfedlora`` -> "pFedLoRA"; unknown names pass through. A frozen
-    classification head adds "frozen head".
+    ``ffa_lora`` -> "FFA-LoRA", ``pfedlora`` -> "pFedLoRA", ``fedsa_lora`` -> "FedSA-LoRA", ``fedex_lora`` ->
+    "FedEx-LoRA", ``rbla`` -> "RBLA"; unknown names pass through. A frozen classification head adds
+    "frozen head".
     """
     name = config_value(config, "method.name")
     if name is None:  # a rounds.csv row carries the method's name in its ``method`` column

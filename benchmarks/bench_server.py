@@ -60,7 +60,7 @@ from core.synthetic import synthetic_update  # noqa: E402
 from core.wire import ClientStart, ClientUpdate, ModuleSpec  # noqa: E402
 from orchestrator.linalg import factored_svd  # noqa: E402
 from orchestrator.method_config import MethodConfig  # noqa: E402
-from orchestrator.methods import available_methods, build_method  # noqa: E402
+from orchestrator.methods import available_methods, build_method, method_class  # noqa: E402
 from orchestrator.metrics import aggregation_noise, init_noise_function, init_noise_param  # noqa: E402
 from orchestrator.ranks import RankConfig, assign_ranks  # noqa: E402
 
@@ -69,7 +69,8 @@ R_MID = 4
 N_CLIENTS = 10
 SEED = 0
 STEP = 0.01  # size of the synthetic "training" perturbation
-HOMOGENEOUS = ("fedit",)  # methods that need every client at the same rank (run at rank R)
+# methods that need every client at the same rank (run at rank R)
+HOMOGENEOUS = tuple(n for n in available_methods() if method_class(n).requires_homogeneous)
 
 SCALES = {
     "minilm": dict(label="MiniLM-L6 (all-MiniLM-L6-v2) query+value", layers=6,

@@ -94,7 +94,9 @@ class AdapterInit:
 
     ``slots[i]`` is the index of the global rank slot that the adapter's rank ``i`` starts from, or
     ``None`` for a fresh (randomly initialised) rank; it lets the metrics compute the paper's rank-wise
-    initialization noise and lets a method write uploads back to the right global slots.
+    initialization noise and lets a method write uploads back to the right global slots. ``local_B``: ``B``
+    is client-local state (FedSA-LoRA): trained, kept on the client between rounds and never shipped in
+    either direction, so neither :meth:`nbytes` nor :meth:`ClientUpdate.nbytes` counts it.
     """
 
     B: Tensor  # (d, r)
@@ -103,6 +105,7 @@ class AdapterInit:
     train_A: bool = True
     train_B: bool = True
     slots: tuple[int | None, ...] = ()
+    local_B: bool = False
 
     def __post_init__(self) -> None:
         if self.B.dim() != 2 or self.A.dim() != 2 or self.B.shape[1] != self.A.shape[0]:
@@ -119,7 +122,8 @@ class AdapterInit:
         return LowRankDelta(self.B, self.A, self.scale)
 
     def nbytes(self) -> int:
-        return tensor_bytes(self.B) + tensor_bytes(self.A)
+        """Bytes the server ships for this adapter (a client-local ``B`` stays on the client)."""
+        return (0 if self.local_B else tensor_bytes(self.B)) + tensor_bytes(self.A)
 
 
 @dataclass(frozen=True)
@@ -213,14 +217,15 @@ class ClientUpdate:
     def nbytes(self, start: ClientStart) -> int:
         """Bytes the client ships to the server: the trainable factors of uploaded adapters + head.
 
-        A frozen factor (FFA-LoRA's A) is known to the server and is not shipped back.
+        A frozen factor (FFA-LoRA's A) is known to the server and is not shipped back; a client-local
+        ``B`` (FedSA-LoRA) never leaves the client.
         """
         total = 0
         for name in self.upload:
             inits = start.adapters.get(name, {})
             for module, (B, A) in self.adapters.get(name, {}).items():
                 init = inits.get(module)
-                total += tensor_bytes(B) if init is None or init.train_B else 0
+                total += tensor_bytes(B) if init is None or (init.train_B and not init.local_B) else 0
                 total += tensor_bytes(A) if init is None or init.train_A else 0
         if self.head and start.train_head:
             total += sum(tensor_bytes(t) for t in self.head.values())

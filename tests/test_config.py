@@ -26,7 +26,7 @@ def test_defaults_and_overrides(tmp_path):
     ("eval_every=0", "eval_every=0 must be an integer >= 1"),
     ("method.selection=greedy", r"method.selection='greedy' is not allowed; choose one of \['random'"),
     ("ranks.distribution=zipf", r"ranks.distribution='zipf'"),
-    ("method.name=fedplra", r"method.name='fedplra' is not allowed; choose one of \['fedit', 'fedplora'"),
+    ("method.name=fedplra", r"method.name='fedplra' is not allowed; choose one of \['fedex_lora', 'fedit', 'fedplora'"),
     ("data.global_test_size=0", r"data.global_test_size=0 must be >= 1: a run evaluates the global model"),
 ])
 def test_bad_values_name_the_field(override, match):

@@ -9,7 +9,7 @@ from method_helpers import MODULES, make, random_state, run_rounds, trained
 
 from core.wire import ModuleSpec
 from orchestrator.linalg import factored_svd
-from orchestrator.methods import available_methods
+from orchestrator.methods import available_methods, method_class
 from orchestrator.state import GlobalState
 from orchestrator.update_checks import InvalidClientUpdate
 
@@ -277,7 +277,8 @@ def test_sparsity_weighting_only_for_hetlora():
 
 
 @pytest.mark.parametrize("corrupt", ["shape", "nan", "inf", "module"])
-@pytest.mark.parametrize("name", ["fedplora", "flora", "flexlora", "hetlora", "fedit", "ffa_lora", "pfedlora"])
+@pytest.mark.parametrize("name", ["fedplora", "flora", "flexlora", "hetlora", "fedit", "ffa_lora", "pfedlora",
+                                  "fedsa_lora", "fedex_lora", "rbla"])
 def test_bad_update_rejected_with_client_id_and_state_untouched(name, corrupt):
     m = make(name, [4, 4, 4], R=4)
     state = random_state(m)
@@ -301,10 +302,11 @@ def test_bad_update_rejected_with_client_id_and_state_untouched(name, corrupt):
         assert torch.equal(v, before[k])
 
 
-@pytest.mark.parametrize("name", ["fedplora", "flora", "flexlora", "hetlora", "fedit", "ffa_lora", "pfedlora"])
+@pytest.mark.parametrize("name", ["fedplora", "flora", "flexlora", "hetlora", "fedit", "ffa_lora", "pfedlora",
+                                  "fedsa_lora", "fedex_lora", "rbla"])
 def test_aggregate_never_changes_a_float64_state_in_place(name):
     """``.to(float64)`` of a float64 tensor is the tensor itself: a rule must not update it in place."""
-    m = make(name, [4, 4, 4] if name == "fedit" else [1, 2, 4], R=4)
+    m = make(name, [4, 4, 4] if method_class(name).requires_homogeneous else [1, 2, 4], R=4)
     state, _ = run_rounds(m, [[0, 1, 2]], state=random_state(m))  # every kind of state tensor exists
     state = GlobalState({k: v.to(F64) for k, v in state.tensors.items()}, state.meta)
     before = {k: v.clone() for k, v in state.tensors.items()}
@@ -324,7 +326,7 @@ def test_zero_updates_is_an_error():
 
 def test_every_method_runs_heterogeneous_rounds():
     for name in available_methods():
-        ranks = [4, 4, 4] if name == "fedit" else [1, 2, 4]
+        ranks = [4, 4, 4] if method_class(name).requires_homogeneous else [1, 2, 4]
         m = make(name, ranks, R=4)
         state, _ = run_rounds(m, [[0, 1, 2], [2, 0]])
         for module, delta in m.global_delta(state).items():
@@ -340,7 +342,7 @@ def test_scale_is_alpha_over_R_or_sqrt_R():
     assert MODULES  # shared module set is non-empty
 
 
-@pytest.mark.parametrize("name", ["fedplora", "flora", "flexlora", "hetlora", "pfedlora"])
+@pytest.mark.parametrize("name", ["fedplora", "flora", "flexlora", "hetlora", "pfedlora", "fedsa_lora", "rbla"])
 def test_aggregation_independent_of_completion_order(name):
     m = make(name, [1, 2, 4, 4], R=4)
     state = random_state(m)

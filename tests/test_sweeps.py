@@ -120,7 +120,7 @@ def test_every_preset_expands():
     ({"grid": {"train.lrr": [0.1]}}, r"unknown config key 'train.lrr'; did you mean 'train.lr'\?"),
     ({"variants": [{"label": "X", "set": {"data.num_client": 5}}]}, r"did you mean 'data.num_clients'\?"),
     ({"variants": [{"label": "Avg", "set": {"method.name": "fedavg"}}]},
-     r"method.name='fedavg' is not allowed; choose one of \['fedit', 'fedplora', 'ffa_lora'"),
+     r"method.name='fedavg' is not allowed; choose one of \['fedex_lora', 'fedit', 'fedplora', 'fedsa_lora'"),
     ({"grid": {}}, r"axes.grid is empty"),
     ({"grid": {"train.lr": []}}, r"axes.grid.train.lr has no values: the grid would have zero trials"),
     ({"seeds": []}, r"axes.seeds must be a non-empty list"),
