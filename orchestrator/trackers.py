@@ -11,6 +11,10 @@ What a tracker receives (the same for the three):
 - artifacts where the tracker stores files (MLflow, W&B): ``config.yaml``, ``rounds.csv``,
   ``summary.json`` and the final adapter (``adapter/``). TensorBoard stores no files.
 
+The report of a run or sweep folder (``report.md``, ``comparison.csv/.tex``, ``figures/``) is written later
+by ``analysis.report``; ``--log`` there records it as a run of its own, ``<folder> report``
+(:func:`log_report`): files in MLflow and W&B, the text of ``report.md`` in TensorBoard.
+
 Everything is local and offline: MLflow writes a file store (``<dir>/mlruns``; the file store is in
 maintenance mode in MLflow 3, so ``MLFLOW_ALLOW_FILE_STORE=true`` is set for it) unless
 ``MLFLOW_TRACKING_URI`` names another store; TensorBoard writes event files (tensorboardX) under
@@ -41,6 +45,8 @@ REQUIRED_MODULES = {"mlflow": ("mlflow", "mlflow-skinny"), "tensorboard": ("tens
                     "wandb": ("wandb", "wandb")}
 ARTIFACT_FILES = ("config.yaml", "rounds.csv", "summary.json")
 ARTIFACT_DIRS = ("adapter",)
+REPORT_FILES = ("report.md", "comparison.csv", "comparison.tex")
+REPORT_DIRS = ("figures",)
 NON_METRIC_KEYS = ("round",)
 DEFAULT_EXPERIMENT = "hetfedlora"
 
@@ -157,11 +163,11 @@ class _Mlflow:
         now = int(__import__("time").time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
-    def files(self, out: Path) -> None:
-        for name in ARTIFACT_FILES:
+    def files(self, out: Path, names: tuple[str, ...] = ARTIFACT_FILES, dirs: tuple[str, ...] = ARTIFACT_DIRS) -> None:
+        for name in names:
             if (out / name).is_file():
                 self.client.log_artifact(self.run_id, str(out / name))
-        for name in ARTIFACT_DIRS:
+        for name in dirs:
             if (out / name).is_dir():
                 self.client.log_artifacts(self.run_id, str(out / name), artifact_path=name)
 
@@ -181,8 +187,12 @@ class _TensorBoard:
             self.writer.add_scalar(key, value, global_step=step)
         self.writer.flush()
 
-    def files(self, out: Path) -> None:
-        """TensorBoard stores no files."""
+    def files(self, out: Path, names: tuple[str, ...] = ARTIFACT_FILES, dirs: tuple[str, ...] = ARTIFACT_DIRS) -> None:
+        """TensorBoard stores no files; a Markdown file's text is kept as a text summary."""
+        for name in names:
+            if name.endswith(".md") and (out / name).is_file():
+                self.writer.add_text(name, (out / name).read_text(), 0)
+        self.writer.flush()
 
     def close(self, failed: bool) -> None:
         self.writer.close()
@@ -204,12 +214,12 @@ class _Wandb:
         for key, value in values.items():
             self.run.summary[key] = value
 
-    def files(self, out: Path) -> None:
+    def files(self, out: Path, names: tuple[str, ...] = ARTIFACT_FILES, dirs: tuple[str, ...] = ARTIFACT_DIRS) -> None:
         artifact = self.wandb.Artifact(f"run-{self.run.id}", type="run")
-        for name in ARTIFACT_FILES:
+        for name in names:
             if (out / name).is_file():
                 artifact.add_file(str(out / name))
-        for name in ARTIFACT_DIRS:
+        for name in dirs:
             if (out / name).is_dir():
                 artifact.add_dir(str(out / name), name=name)
         self.run.log_artifact(artifact)
@@ -227,12 +237,13 @@ class RunTrackers:
     so each tracker run is complete.
     """
 
-    def __init__(self, logging: LoggingConfig, out: Path, config: dict[str, Any]):
+    def __init__(self, logging: LoggingConfig, out: Path, config: dict[str, Any], name: str | None = None,
+                 experiment: str | None = None):
         check_installed(logging.trackers)
         folder = logging.folder(out)
-        experiment = logging.experiment or DEFAULT_EXPERIMENT
+        experiment = logging.experiment or experiment or DEFAULT_EXPERIMENT
         params = flatten({k: v for k, v in config.items() if k != "logging"})
-        name = out.resolve().name
+        name = name or out.resolve().name
         self.writers: list[Any] = []
         try:
             for tracker in logging.trackers:
@@ -272,3 +283,16 @@ class RunTrackers:
             except Exception:  # noqa: BLE001 - one tracker failing to close must not hide the others
                 pass
         self.writers = []
+
+
+def log_report(logging: LoggingConfig, out: Path, experiment: str | None = None) -> None:
+    """Record the report files of the run or sweep folder ``out`` as a tracker run ``<folder> report``."""
+    trackers = RunTrackers(logging, out, {"report_of": str(out.resolve())}, name=f"{out.resolve().name} report",
+                           experiment=experiment)
+    try:
+        for w in trackers.writers:
+            w.files(out, REPORT_FILES, REPORT_DIRS)
+    except Exception:
+        trackers.close(failed=True)
+        raise
+    trackers.close()

@@ -89,9 +89,8 @@ def test_wheel_holds_the_presets_and_an_installed_copy_runs_hetfedlora(tmp_path)
     presets = _run(exe + ["presets"], env=env, cwd=outside)
     assert presets.returncode == 0, presets.stderr
     assert [line.split()[0] for line in presets.stdout.splitlines()] == available_presets()
-    for command, flag in (("run", "--log"), ("sweep", "--preset"), ("report", "--focus")):
-        helped = _run(exe + [command, "--help"], env=env, cwd=outside)
-        assert helped.returncode == 0 and flag in helped.stdout, (command, helped.stderr)
+    helped = _run(exe + ["run", "--help"], env=env, cwd=outside)
+    assert helped.returncode == 0 and "--log" in helped.stdout, helped.stderr
     checked = _run(exe + ["sweep", "--preset", "quick", "--out", str(tmp_path / "q"), "--log", "neptune"], env=env,
                    cwd=outside)
     assert checked.returncode == 2 and "invalid choice: 'neptune'" in checked.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -115,7 +116,7 @@ def ray_two_cpus():
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
     yield
     ray.shutdown()
 
@@ -159,7 +160,21 @@ def test_single_run_records_equal_rounds_csv_in_all_three_trackers(ray_two_cpus,
     # one progress line per round, with the rate and the ETA
     assert [ln.split("]")[0] for ln in lines if ln.startswith("[round 1/") or ln.startswith("[round 2/")] == [
         "[round 1/2", "[round 2/2"]
-    assert all("s/round, ETA" in ln for ln in lines if ln.startswith("[round 1/") or ln.startswith("[round 2/"))
+    assert all(re.search(r"\| [12]/2 rounds, [0-9.]+ (s/round|rounds/s), ETA 0m00s$", ln)
+               for ln in lines if ln.startswith("[round 2/")), lines
+    # the report of the folder, as a run of its own in the same stores
+    from analysis.report import main as report_main
+
+    assert report_main([str(out), "--log", "mlflow", "--log", "tensorboard", "--log", "wandb"]) == 0
+    report_run = mlflow_runs(folder)["run report"]
+    assert {"report.md", "figures"} <= report_run["artifacts"] and report_run["status"] == "FINISHED"
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(folder / "tensorboard" / "run report"))
+    acc.Reload()
+    assert any(tag.startswith("report.md") for tag in acc.Tags()["tensors"])
+    (report_file,) = set(glob.glob(str(folder / "wandb" / "offline-run-*" / "run-*.wandb"))) - {run_file}
+    assert any(r.get("type") == "artifact" for r in wandb_records(Path(report_file)))
 
 
 @pytest.mark.slow
