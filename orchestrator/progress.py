@@ -10,6 +10,7 @@ status line when ``every`` seconds have passed since the last one, and always at
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -59,8 +60,10 @@ class Progress:
         if self.live:
             from tqdm import tqdm
 
+            # the terminal's width (80 when it reports none, as a pseudo-terminal may)
             self.bar = tqdm(total=self.total, initial=self.initial, desc=desc, file=self.stream, leave=True,
-                            dynamic_ncols=True, bar_format="{desc} {bar} {n_fmt}/{total_fmt} {postfix}")
+                            ncols=shutil.get_terminal_size().columns or 80,
+                            bar_format="{desc} {bar} {n_fmt}/{total_fmt}{postfix}")
 
     def elapsed(self) -> float:
         """Seconds since the start of this session."""
