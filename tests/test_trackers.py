@@ -10,12 +10,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from tracker_readers import mlflow_runs, rounds_table, tensorboard_scalars, wandb_history, wandb_records
 
 from orchestrator import trackers as trackers_module
 from orchestrator.config import load_config
 from orchestrator.trackers import LoggingConfig, TrackerMissingError, check_installed, flatten, round_metrics
 from sweeps.spec import SweepSpecError, parse_spec
-from tests.tracker_readers import mlflow_runs, rounds_table, tensorboard_scalars, wandb_history, wandb_records
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "configs" / "tiny_llama_smoke.yaml"
