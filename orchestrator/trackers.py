@@ -33,6 +33,7 @@ import importlib.util
 import json
 import math
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -145,14 +146,13 @@ def wandb_mode() -> str:
 
 class _Mlflow:
     def __init__(self, folder: Path, experiment: str, run_name: str, params: dict[str, Any]):
+        from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=mlflow_uri(folder))
         found = self.client.get_experiment_by_name(experiment)
         exp_id = found.experiment_id if found else self.client.create_experiment(experiment)
         self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
-        from mlflow.entities import Param
-
         items = [Param(k, str(v)) for k, v in params.items()]
         for i in range(0, len(items), 100):  # the store's batch limit
             self.client.log_batch(self.run_id, params=items[i:i + 100])
@@ -160,7 +160,7 @@ class _Mlflow:
     def log(self, metrics: dict[str, float], step: int) -> None:
         from mlflow.entities import Metric
 
-        now = int(__import__("time").time() * 1000)
+        now = int(time.time() * 1000)
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
 
     def files(self, out: Path, names: tuple[str, ...] = ARTIFACT_FILES, dirs: tuple[str, ...] = ARTIFACT_DIRS) -> None:
