@@ -10,9 +10,10 @@ trial's tracker run match a single run's (:mod:`orchestrator.trackers`):
   finished trial is restored, the round does not): MLflow steps and TensorBoard ``global_step`` are the
   round (TensorBoard tags are Ray's ``ray/tune/<metric>``); W&B logs Tune's ``training_iteration`` as its
   step and the ``round`` column alongside;
-- at the trial's end: the round-0 row of ``rounds.csv`` at step 0 (the untrained model, evaluated before
-  Tune's first report; MLflow and TensorBoard take steps out of order, W&B does not, so its history
-  starts at round 1), ``final/<metric>`` and ``best/<metric>`` from the trial's ``summary.json`` (MLflow,
+- at the trial's end: the rows of ``rounds.csv`` Tune did not report (round 0, the untrained model,
+  evaluated before Tune's first report; after a resume, the rounds before it) at their steps (MLflow and
+  TensorBoard take steps out of order; W&B does not, so its history holds the reported rounds only),
+  ``final/<metric>`` and ``best/<metric>`` from the trial's ``summary.json`` (MLflow,
   TensorBoard; W&B's run summary holds the last round's values), and the trial's files as artifacts
   (MLflow: ``config.yaml``, ``rounds.csv``, ``summary.json``, ``adapter/``; W&B: ``adapter/`` as the
   trial's model artifact).
@@ -63,17 +64,23 @@ class _Trials:
         path = self.folder(trial) / "summary.json"
         return summary_metrics(json.loads(path.read_text())) if path.is_file() else {}
 
-    def round_zero(self, trial: Any) -> dict[str, float]:
-        """The untrained model's row of ``rounds.csv`` (Tune never sees round 0)."""
+    def unreported_rounds(self, trial: Any, reported: set[int]) -> list[tuple[int, dict[str, float]]]:
+        """``(round, metrics)`` of the rows of ``rounds.csv`` that Tune did not report to this callback.
+
+        Round 0 (the untrained model, evaluated before Tune's first report) and, after a resume, the rounds
+        run before the interruption.
+        """
         path = self.folder(trial) / "rounds.csv"
         if not path.is_file():
-            return {}
+            return []
         import pandas as pd
 
-        rows = pd.read_csv(path)
-        rows = rows[rows["round"] == 0]
-        row = {k: v.item() if hasattr(v, "item") else v for k, v in rows.iloc[0].items()} if len(rows) else {}
-        return round_metrics(row)
+        out = []
+        for _, row in pd.read_csv(path).iterrows():
+            values = {k: v.item() if hasattr(v, "item") else v for k, v in row.items()}
+            if int(values["round"]) not in reported:
+                out.append((int(values["round"]), round_metrics(values)))
+        return out
 
 
 def metrics_of(result: dict[str, Any]) -> dict[str, float]:
@@ -115,6 +122,7 @@ def _mlflow_callback(facts: _Trials, folder: Path, experiment: str) -> Any:
         def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
             if trial not in self._trial_runs:
                 self.log_trial_start(trial)
+            reported.setdefault(trial, set()).add(int(result["round"]))
             self.mlflow_util.log_metrics(run_id=self._trial_runs[trial], metrics_to_log=metrics_of(result),
                                          step=int(result["round"]))
 
@@ -122,7 +130,8 @@ def _mlflow_callback(facts: _Trials, folder: Path, experiment: str) -> Any:
             run_id = self._trial_runs.get(trial)
             if run_id is not None:
                 last = int((trial.last_result or {}).get("round", 0))
-                self.mlflow_util.log_metrics(run_id=run_id, metrics_to_log=facts.round_zero(trial), step=0)
+                for rnd, metrics in facts.unreported_rounds(trial, reported.pop(trial, set())):
+                    self.mlflow_util.log_metrics(run_id=run_id, metrics_to_log=metrics, step=rnd)
                 self.mlflow_util.log_metrics(run_id=run_id, metrics_to_log=facts.summary(trial), step=last)
                 client = self.mlflow_util._get_client()
                 src = facts.folder(trial)
@@ -134,6 +143,7 @@ def _mlflow_callback(facts: _Trials, folder: Path, experiment: str) -> Any:
                         client.log_artifacts(run_id, str(src / name), artifact_path=name)
             super().log_trial_end(trial, failed)
 
+    reported: dict[Any, set[int]] = {}
     return MlflowTrials(tracking_uri=mlflow_uri(folder), experiment_name=experiment)
 
 
@@ -155,18 +165,21 @@ def _tensorboard_callback(facts: _Trials, folder: Path) -> Any:
 
         def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
             # Ray's step is ``timesteps_total`` when set: the round
+            reported.setdefault(trial, set()).add(int(result["round"]))
             super().log_trial_result(iteration, trial, {**metrics_of(result), TIMESTEPS_TOTAL: int(result["round"])})
 
         def log_trial_end(self, trial: Any, failed: bool = False) -> None:
             writer = self._trial_writer.get(trial)
             if writer is not None:
                 last = int((trial.last_result or {}).get("round", 0))
-                for key, value in facts.round_zero(trial).items():
-                    writer.add_scalar(f"ray/tune/{key}", value, global_step=0)
+                for rnd, metrics in facts.unreported_rounds(trial, reported.pop(trial, set())):
+                    for key, value in metrics.items():
+                        writer.add_scalar(f"ray/tune/{key}", value, global_step=rnd)
                 for key, value in facts.summary(trial).items():
                     writer.add_scalar(f"ray/tune/{key}", value, global_step=last)
             super().log_trial_end(trial, failed)
 
+    reported: dict[Any, set[int]] = {}
     return TensorBoardTrials()
 
 

@@ -216,3 +216,19 @@ def test_sweep_records_equal_each_trials_rounds_csv(ray_two_cpus, tmp_path, monk
     assert config["method.name"] == "fedplora" and config["trial"] == tid
     # the finished-trial line and a progress summary with rounds and ETA
     assert any(ln.startswith("[1/1 done") for ln in lines)
+
+
+def test_sweep_callbacks_backfill_the_rounds_tune_did_not_report(tmp_path):
+    """Round 0 (before Tune's first report) and, after a resume, the rounds before it, from rounds.csv."""
+    from types import SimpleNamespace
+
+    from sweeps.tracking import _Trials
+
+    folder = tmp_path / "trials" / "t0"
+    folder.mkdir(parents=True)
+    (folder / "rounds.csv").write_text("round,accuracy,train_loss\n0,0.5,\n1,0.6,0.9\n2,0.7,0.8\n3,0.75,0.7\n")
+    facts = _Trials([], tmp_path)
+    trial = SimpleNamespace(config={"trial": "t0"})
+    assert facts.unreported_rounds(trial, reported={3}) == [
+        (0, {"accuracy": 0.5}), (1, {"accuracy": 0.6, "train_loss": 0.9}), (2, {"accuracy": 0.7, "train_loss": 0.8})]
+    assert facts.unreported_rounds(trial, reported={0, 1, 2, 3}) == []
