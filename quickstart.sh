@@ -2,18 +2,19 @@
 # Set up the environment (once) and run the main job or the tests. Needs only Python 3.11.
 #   bash quickstart.sh sweep [OUT]   # the default sweep (preset "quick") on offline assets, then its report
 #   bash quickstart.sh test          # the test suite
-#   bash quickstart.sh setup         # only create .venv and install
+#   bash quickstart.sh setup         # only create .venv and install (the project too: .venv/bin/hetfedlora)
 set -euo pipefail
 cd "$(dirname "$0")"
 export RAY_AUTH_MODE=disabled PIP_DISABLE_PIP_VERSION_CHECK=1
 
 setup() {
   if [ ! -x .venv/bin/python ] || [ ! -f .venv/.installed ] || [ requirements.txt -nt .venv/.installed ] \
-     || [ requirements-assets.txt -nt .venv/.installed ]; then
+     || [ requirements-assets.txt -nt .venv/.installed ] || [ pyproject.toml -nt .venv/.installed ]; then
     python3.11 -m venv .venv
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -r requirements.txt
     .venv/bin/python -m pip install -q --no-deps -r requirements-assets.txt
+    .venv/bin/python -m pip install -q --no-deps -e .   # the hetfedlora command (.venv/bin/hetfedlora)
     touch .venv/.installed
   fi
 }

@@ -70,6 +70,7 @@ from analysis.tables import (
     write_table,
 )
 from core.naming import slug
+from orchestrator.trackers import TRACKERS, LoggingConfig, check_installed, log_report
 
 
 @dataclass
@@ -452,6 +453,19 @@ def _num(value: Any, digits: int = 1) -> str:
     return f"{float(value):.{digits}f}"
 
 
+def saved_logging(path: Path) -> tuple[LoggingConfig, str | None]:
+    """The saved ``logging`` section of a folder (without its trackers) and the sweep's name, if any.
+
+    From a sweep folder's ``sweep.yaml`` or a run folder's ``config.yaml``: where the folder's tracker
+    records are, so the report joins them; the sweep's name is its trackers' default experiment.
+    """
+    sweep, run = path / "sweep.yaml", path / "config.yaml"
+    spec = (yaml.safe_load(sweep.read_text()) or {}).get("spec", {}) if sweep.is_file() else {}
+    section = spec.get("logging") or ((yaml.safe_load(run.read_text()) or {}).get("logging") if run.is_file() else {})
+    section = {k: v for k, v in (section or {}).items() if k != "trackers"}
+    return LoggingConfig(**section), spec.get("name")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m analysis.report", description=__doc__.split("\n\n")[0])
@@ -465,10 +479,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--axis", action="append", default=[], metavar="KEY",
                         help="also plot the metric against this config axis (repeatable), e.g. ranks.max_rank")
     parser.add_argument("--no-figures", action="store_true", help="write the tables and the report only")
+    parser.add_argument("--log", action="append", default=[], choices=TRACKERS, metavar="TRACKER",
+                        help=f"also record the report and figures in a tracker (repeatable): {', '.join(TRACKERS)}; "
+                             "in the folder's tracker store (its logging.dir, else DIR/trackers)")
     args = parser.parse_args(argv)
     try:
+        check_installed(args.log)
         write_report(args.dir, metric=args.metric, stat=args.stat, axes=args.axis, figures=not args.no_figures,
                      focus=args.focus)
+        if args.log:
+            tracking, experiment = saved_logging(Path(args.dir))
+            log_report(tracking.with_trackers(args.log), Path(args.dir), experiment)
     except (FileNotFoundError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ from core.validation import check_int
 from orchestrator.method_config import MethodConfig
 from orchestrator.methods.registry import check_method_name
 from orchestrator.ranks import RankConfig
+from orchestrator.trackers import LoggingConfig
 from workers.data_config import DataConfig
 from workers.models import ModelConfig
 from workers.resources import ResourceConfig
@@ -67,6 +68,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     resources: ResourceConfig = field(default_factory=ResourceConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, 0)
@@ -104,11 +106,11 @@ class RunConfig:
 
     def fingerprint(self, exclude: tuple[str, ...] = ("rounds", "resources", "eval_every",
                                                       "checkpoint_every")) -> str:
-        """Hash of everything that changes the result (not the round budget, workers or eval cadence).
+        """Hash of everything that changes the result (not the round budget, workers, eval cadence, trackers).
 
         ``plugins`` never counts: a method is known by its ``method.name``, wherever its file lives.
         """
-        d = {k: v for k, v in self.to_dict().items() if k not in (*exclude, "plugins")}
+        d = {k: v for k, v in self.to_dict().items() if k not in (*exclude, "plugins", "logging")}
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

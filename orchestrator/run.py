@@ -23,6 +23,7 @@ checkpoint are deleted on resume); the end of the run gathers them into ``exampl
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import shutil
 import sys
@@ -51,6 +52,8 @@ from orchestrator.outputs import (
     write_csv,
     write_summary,
 )
+from orchestrator.progress import Progress
+from orchestrator.trackers import TRACKERS, RunTrackers, check_installed
 
 CHECKPOINT_DIR = "checkpoint"
 EXAMPLES_DIR = "examples"
@@ -244,15 +247,13 @@ class Experiment:
             pass
 
 
-def progress_line(record: dict[str, Any], total: int, elapsed: float, done_now: int) -> str:
-    """``[round 3/20] accuracy=0.712 train_loss=0.532 agg_noise=0.01 | 4.1 s/round, ETA 1m10s``."""
+def progress_line(record: dict[str, Any], total: int, status: str) -> str:
+    """``[round 3/20] accuracy=0.712 train_loss=0.532 agg_noise=0.01 | 3/20 rounds, 4.1 s/round, ETA 1m10s``."""
     parts = [f"[round {record['round']}/{total}]"]
     for key in ("accuracy", "mcc", "rouge_l", "personal_accuracy", "train_loss", "agg_noise", "init_noise_fn"):
         if key in record and record[key] == record[key]:
             parts.append(f"{key}={record[key]:.4g}")
-    per_round = elapsed / max(1, done_now)
-    eta = per_round * (total - record["round"])
-    parts.append(f"| {per_round:.1f} s/round, ETA {int(eta // 60)}m{int(eta % 60):02d}s")
+    parts.append(f"| {status}")
     return " ".join(parts)
 
 
@@ -273,26 +274,45 @@ def saved_fingerprint(out: Path) -> str | None:
 
 def run(cfg: RunConfig, out: Path, resume: bool = False, log: Callable[[str], None] = print,
         **experiment_options: Any) -> dict[str, Any]:
-    """Run (or continue) one experiment to its last round; returns the summary."""
+    """Run (or continue) one experiment to its last round; returns the summary.
+
+    A live progress bar in a terminal (when ``log`` is ``print``), one line per round otherwise; the
+    trackers of ``cfg.logging`` get the config, every round (round 0 first), the summary and the files.
+    """
     exp = Experiment(cfg, out, resume=resume, **experiment_options)
+    trackers, failed = None, True
     try:
+        if cfg.logging.trackers:
+            trackers = RunTrackers(cfg.logging, out, cfg.to_dict())
+            for record in exp.all_records:
+                trackers.log_round(record)
         log(f"{cfg.method.name}: {exp.description['data']['num_clients']} clients, {cfg.clients_per_round} per "
             f"round, ranks {sorted(set(exp.description['client_ranks']))}, {exp.description['num_workers']} workers, "
             f"rounds {exp.completed + 1}..{cfg.rounds} -> {out}")
         log(baseline_line(exp.baseline))
         for note in exp.data_notes:
             log(f"data note: {note}")
-        t0, first = time.perf_counter(), exp.completed
+        progress = Progress(cfg.rounds, exp.completed, desc=cfg.method.name, log=log,
+                            live=None if log is print else False)
         while exp.completed < cfg.rounds:
             record = exp.step()
-            log(progress_line(record, cfg.rounds, time.perf_counter() - t0, exp.completed - first))
+            if trackers is not None:
+                trackers.log_round(record)
+            progress.update(exp.completed, plain=False)
+            progress.write(progress_line(record, cfg.rounds, progress.status()))
+        progress.close()
         summary = exp.finish()
+        if trackers is not None:
+            trackers.finish(summary, out)
+        failed = False
         ratio = (f"overhead ratio {summary['overhead_ratio']:.3f} ({summary['overhead_ratio_with_startup']:.3f} with "
                  "startup); " if "overhead_ratio" in summary else "")
         log(f"done: final {summary['final'].get('accuracy', summary['final'].get('rouge_l'))}; {ratio}files in {out}")
         return summary
     finally:
         exp.close()
+        if trackers is not None:
+            trackers.close(failed=failed)
 
 
 def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: int | None = None,
@@ -333,6 +353,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the fully resolved config (every option with its value) and exit")
+    parser.add_argument("--log", action="append", default=[], choices=TRACKERS, metavar="TRACKER",
+                        help=f"record the run in a tracker (repeatable): {', '.join(TRACKERS)}; offline, "
+                             "in DIR/trackers unless logging.dir says otherwise")
     args = parser.parse_args(argv)
     if args.print_config:
         try:
@@ -355,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         if not args.resume and not args.out:
             raise RunSetupError("--out DIR is required")
         cfg = prepare_out_dir(out, cfg, bool(args.resume), args.overwrite)
+        cfg = dataclasses.replace(cfg, logging=cfg.logging.with_trackers(args.log))
+        check_installed(cfg.logging.trackers)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ import yaml
 
 from core.plugins import load_plugins
 from orchestrator.run import init_ray
+from orchestrator.trackers import TRACKERS, LoggingConfig, check_installed
 from sweeps.spec import (
     SweepSpec,
     SweepSpecError,
@@ -142,7 +143,8 @@ def resolve_request(args: argparse.Namespace) -> tuple[SweepSpec, dict[str, Any]
 # ------------------------------------------------------------------------------------------------ Ray
 def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec], out: Path, *, resume: bool = False,
               max_concurrent: int | None = None, driver_cpus: float = 0.0, summary_every: float = 60.0,
-              log: Callable[[str], None] = print, warm_trials: bool = True) -> Any:
+              log: Callable[[str], None] = print, logging: LoggingConfig | None = None,
+              warm_trials: bool = True) -> Any:
     """Run (or continue) the sweep in ``out`` on the connected Ray cluster; writes the result tables.
 
     ``warm_trials``: a trial runs on the workers (and loaded models) of the trial its Tune process ran before
@@ -157,6 +159,7 @@ def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec
     from core.files import atomic_write_text
     from sweeps.progress import SweepProgress
     from sweeps.results import build_tables, format_trials, write_tables
+    from sweeps.tracking import tracker_callbacks
     from sweeps.tune_runner import TUNE_DIR, placement_factory, plan_resources, run_trial, short_error
 
     os.environ.setdefault("RAY_CHDIR_TO_TRIAL_DIR", "0")  # relative data paths keep working in trials
@@ -172,6 +175,7 @@ def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep_dir=str(out), plan=plan, warm=warm_trials),
                                     resources=placement_factory(plan))
     progress = SweepProgress(trials, out, summary_every=summary_every, log=log)
+    callbacks = [progress, *tracker_callbacks(logging or spec.logging_config(), trials, out, spec.name)]
     workers = {plan[i]["bundles"][1].get("CPU", 0) for i in ids}
     log(f"sweep {spec.name!r}: {len(trials)} trials, fingerprint {sweep_fingerprint(trials)}, cluster "
         f"CPU={cluster.get('CPU', 0):g} GPU={cluster.get('GPU', 0):g}, max concurrent "
@@ -181,14 +185,14 @@ def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec
     if resume and tune.Tuner.can_restore(str(tune_path)):
         tuner = tune.Tuner.restore(str(tune_path), trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
-        _override_restored(tuner, progress, max_concurrent, log)
+        _override_restored(tuner, callbacks, max_concurrent, log)
     else:
         tuner = tune.Tuner(
             trainable, param_space={"trial": tune.grid_search(ids)},
             tune_config=tune.TuneConfig(max_concurrent_trials=max_concurrent, reuse_actors=True,
                                         trial_name_creator=lambda t: t.config["trial"],
                                         trial_dirname_creator=lambda t: t.config["trial"]),
-            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(out), verbose=0, callbacks=[progress],
+            run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(out), verbose=0, callbacks=callbacks,
                                       failure_config=tune.FailureConfig(max_failures=0),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     _quiet_trial_tracebacks()
@@ -238,8 +242,9 @@ def _append_run_log(out: Path, entry: dict[str, Any]) -> None:
     atomic_write_text(path, json.dumps(runs + [entry], indent=1, default=str))
 
 
-def _override_restored(tuner: Any, progress: Any, max_concurrent: int | None, log: Callable[[str], None]) -> None:
-    """Give a restored Tuner this run's progress printer and ``--max-concurrent``.
+def _override_restored(tuner: Any, callbacks: list[Any], max_concurrent: int | None,
+                       log: Callable[[str], None]) -> None:
+    """Give a restored Tuner this run's callbacks (progress printer, trackers) and ``--max-concurrent``.
 
     ``Tuner.restore`` brings back the interrupted run's callbacks and concurrency (pickled in ``tuner.pkl``)
     and has no public way to change them, so they are set on its internal state.
@@ -249,7 +254,7 @@ def _override_restored(tuner: Any, progress: Any, max_concurrent: int | None, lo
         log("note: this Ray version hides the restored Tuner's settings; keeping the interrupted run's "
             "progress printer and concurrency")
         return
-    internal._run_config.callbacks = [progress]
+    internal._run_config.callbacks = callbacks
     internal._tune_config.max_concurrent_trials = max_concurrent
 
 
@@ -276,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cold-trials", action="store_true",
                         help="fresh worker actors for every trial (default: reuse finished trials' loaded models)")
     parser.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
+    parser.add_argument("--log", action="append", default=[], choices=TRACKERS, metavar="TRACKER",
+                        help=f"record every trial in a tracker (repeatable): {', '.join(TRACKERS)}; offline, in "
+                             "DIR/trackers unless the sweep's logging.dir says otherwise")
     args = parser.parse_args(argv)
     if args.list_presets:
         print("\n".join(available_presets()))
@@ -284,13 +292,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_concurrent is not None and args.max_concurrent < 1:
             raise SweepSetupError(f"--max-concurrent {args.max_concurrent} must be >= 1")
         spec, overrides, trials, out = resolve_request(args)
+        logging_config = spec.logging_config(args.log)
+        check_installed(logging_config.trackers)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     init_ray(args.address, args.num_cpus, args.num_gpus, log_to_driver=args.worker_logs)
     try:
         table = run_sweep(spec, overrides, trials, out, resume=bool(args.resume), max_concurrent=args.max_concurrent,
-                          driver_cpus=args.driver_cpus, summary_every=args.summary_every,
+                          driver_cpus=args.driver_cpus, summary_every=args.summary_every, logging=logging_config,
                           warm_trials=not args.cold_trials)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

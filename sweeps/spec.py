@@ -21,6 +21,7 @@ A sweep YAML::
       grid:                                     # optional: dotted RunConfig key -> values
         train.lr: [0.001, 0.0005]
       seeds: [0, 1, 2]                          # default: the base config's seed
+    logging: {trackers: [mlflow]}               # optional trackers (sweeps.tracking), also --log NAME
 
 Every key is checked against :func:`orchestrator.config.all_keys` and every method name against the method
 registry (after the plugins are imported); all problems are reported at once. Expanding a spec into its
@@ -33,17 +34,18 @@ import dataclasses
 import difflib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from core.plugins import check_plugins, load_plugins, resolve_plugin
-from orchestrator.config import all_keys, apply_overrides, unknown_key_message
+from orchestrator.config import all_keys, apply_overrides, build, unknown_key_message
+from orchestrator.trackers import LoggingConfig
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
-TOP_KEYS = ("name", "description", "plugins", "base", "base_config", "metric", "focus", "axes")
+TOP_KEYS = ("name", "description", "plugins", "base", "base_config", "metric", "focus", "axes", "logging")
 AXES_KEYS = ("variants", "settings", "grid", "seeds")
 BUNDLE_KEYS = ("label", "set")
 METRICS = ("accuracy", "mcc", "rouge_l", "personal_accuracy", "personal_mcc", "personal_rouge_l")
@@ -75,6 +77,7 @@ class SweepSpec:
     metric: str | None = None
     description: str = ""
     focus: str | None = None
+    logging: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """The resolved spec as it would be written (``base`` already merged with ``base_config``)."""
@@ -93,7 +96,13 @@ class SweepSpec:
             out["metric"] = self.metric
         if self.focus:
             out["focus"] = self.focus
+        if self.logging:
+            out["logging"] = dict(self.logging)
         return out
+
+    def logging_config(self, extra: list[str] | None = None) -> LoggingConfig:
+        """The sweep's trackers: its ``logging:`` section (over the base config's) plus ``--log`` names."""
+        return build(LoggingConfig, self.logging, "logging.").with_trackers(extra)
 
 
 # ------------------------------------------------------------------------------------------------ YAML
@@ -183,11 +192,27 @@ def parse_spec(data: dict[str, Any], source_dir: Path | None = None, default_nam
     labels = [b.label for b in variants]
     if focus is not None and focus not in labels:
         errors.append(f"focus={focus!r} must be the label of one of axes.variants: {labels}")
+    logging = _logging(data, base, errors)
     if errors:
         raise SweepSpecError(join_errors("the sweep is invalid", errors))
     return SweepSpec(name=str(data.get("name") or default_name), base=base, variants=variants, settings=settings,
                      grid=grid, seeds=seeds, metric=metric, description=str(data.get("description") or ""),
-                     focus=focus)
+                     focus=focus, logging=logging)
+
+
+def _logging(data: dict[str, Any], base: dict[str, Any], errors: list[str]) -> dict[str, Any]:
+    """The sweep's ``logging:`` section merged over its base config's (checked as a LoggingConfig)."""
+    own, inherited = data.get("logging") or {}, base.get("logging") or {}
+    if not isinstance(own, dict) or not isinstance(inherited, dict):
+        errors.append(f"logging must be a mapping with keys {[f.name for f in fields(LoggingConfig)]}")
+        return {}
+    merged = {**inherited, **own}
+    try:
+        build(LoggingConfig, merged, "logging.")
+    except ValueError as err:
+        errors.append(str(err))
+        return {}
+    return merged
 
 
 def _base(data: dict[str, Any], source_dir: Path | None, errors: list[str]) -> dict[str, Any]:
