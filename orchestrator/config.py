@@ -23,6 +23,7 @@ from core.validation import check_int
 from orchestrator.method_config import MethodConfig
 from orchestrator.methods.registry import check_method_name
 from orchestrator.ranks import RankConfig
+from orchestrator.system_model import SystemConfig
 from workers.data_config import DataConfig
 from workers.models import ModelConfig
 from workers.resources import ResourceConfig
@@ -63,6 +64,7 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     resources: ResourceConfig = field(default_factory=ResourceConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, 0)
@@ -81,6 +83,7 @@ class RunConfig:
             need = 1.0 / self.data.num_clients
             raise ValueError(f"participation={self.participation} of data.num_clients={self.data.num_clients} "
                              f"samples 0 clients per round; use participation >= {need:.4g}")
+        self.system.check_clients(self.data.num_clients)
 
     def checkpoint_due(self, completed_round: int) -> bool:
         """Whether a checkpoint follows 1-based round ``completed_round``: every ``checkpoint_every``, and the last."""
@@ -99,6 +102,8 @@ class RunConfig:
                                                       "checkpoint_every")) -> str:
         """Hash of everything that changes the result (not the round budget, workers or eval cadence)."""
         d = {k: v for k, v in self.to_dict().items() if k not in exclude}
+        if not self.system.active:  # the section at its defaults changes nothing: older runs keep their hash
+            d.pop("system", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -233,6 +233,8 @@ def progress_line(record: dict[str, Any], total: int, elapsed: float, done_now: 
     for key in ("accuracy", "mcc", "rouge_l", "personal_accuracy", "train_loss", "agg_noise", "init_noise_fn"):
         if key in record and record[key] == record[key]:
             parts.append(f"{key}={record[key]:.4g}")
+    if "note" in record and isinstance(record["note"], str):
+        parts.append(f"({record['note']})")
     per_round = elapsed / max(1, done_now)
     eta = per_round * (total - record["round"])
     parts.append(f"| {per_round:.1f} s/round, ETA {int(eta // 60)}m{int(eta % 60):02d}s")
