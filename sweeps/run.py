@@ -135,10 +135,13 @@ def resolve_request(args: argparse.Namespace) -> tuple[SweepSpec, dict[str, Any]
 # ------------------------------------------------------------------------------------------------ Ray
 def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec], out: Path, *, resume: bool = False,
               max_concurrent: int | None = None, driver_cpus: float = 0.0, summary_every: float = 60.0,
-              log: Callable[[str], None] = print) -> Any:
+              log: Callable[[str], None] = print, max_failures: int = 0, placement: str = "PACK") -> Any:
     """Run (or continue) the sweep in ``out`` on the connected Ray cluster; writes the result tables.
 
-    Returns the trials frame. Raises :class:`~sweeps.tune_runner.SweepResourceError` before any trial
+    ``max_failures``: Tune restarts a failed trial (a lost node, a killed actor) up to this many times; it
+    resumes from the trial's last checkpoint (``checkpoint_every``) to the same numbers. ``placement``:
+    the placement-group strategy of every trial (``PACK`` or ``SPREAD`` over the nodes). Returns the trials
+    frame. Raises :class:`~sweeps.tune_runner.SweepResourceError` before any trial
     starts when a trial's pool cannot fit the cluster.
     """
     import ray
@@ -160,7 +163,7 @@ def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec
         atomic_write_text(out / SWEEP_FILE, yaml.safe_dump(sweep_record(spec, overrides, trials), sort_keys=False))
     ids = [t.trial_id for t in trials]
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep_dir=str(out), plan=plan),
-                                    resources=placement_factory(plan))
+                                    resources=placement_factory(plan, placement))
     progress = SweepProgress(trials, out, summary_every=summary_every, log=log)
     workers = {plan[i]["bundles"][1].get("CPU", 0) for i in ids}
     log(f"sweep {spec.name!r}: {len(trials)} trials, fingerprint {sweep_fingerprint(trials)}, cluster "
@@ -179,7 +182,7 @@ def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec
                                         trial_name_creator=lambda t: t.config["trial"],
                                         trial_dirname_creator=lambda t: t.config["trial"]),
             run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(out), verbose=0, callbacks=[progress],
-                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      failure_config=tune.FailureConfig(max_failures=max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     _quiet_trial_tracebacks()
     grid = tuner.fit()
@@ -259,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-concurrent", type=int, help="at most N trials at once (default: as many as fit)")
     parser.add_argument("--driver-cpus", type=float, default=0.0,
                         help="CPUs reserved per trial for its driver (default 0: it waits on workers)")
+    parser.add_argument("--max-failures", type=int, default=0,
+                        help="restart a failed trial (e.g. its node died) up to N times from its last checkpoint")
+    parser.add_argument("--placement", choices=["PACK", "SPREAD"], default="PACK",
+                        help="spread a trial's actors over as few (PACK) or as many (SPREAD) nodes as possible")
     parser.add_argument("--summary-every", type=float, default=60.0, help="seconds between progress summaries")
     parser.add_argument("--worker-logs", action="store_true", help="show the actors' own log lines")
     parser.add_argument("--list-presets", action="store_true", help="print the preset names and exit")
@@ -269,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.max_concurrent is not None and args.max_concurrent < 1:
             raise SweepSetupError(f"--max-concurrent {args.max_concurrent} must be >= 1")
+        if args.max_failures < 0:
+            raise SweepSetupError(f"--max-failures {args.max_failures} must be >= 0")
         spec, overrides, trials, out = resolve_request(args)
     except (ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -276,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     init_ray(args.address, args.num_cpus, args.num_gpus, log_to_driver=args.worker_logs)
     try:
         table = run_sweep(spec, overrides, trials, out, resume=bool(args.resume), max_concurrent=args.max_concurrent,
-                          driver_cpus=args.driver_cpus, summary_every=args.summary_every)
+                          driver_cpus=args.driver_cpus, summary_every=args.summary_every,
+                          max_failures=args.max_failures, placement=args.placement)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -83,12 +83,19 @@ def plan_resources(trials: list[TrialSpec], cluster: dict[str, float], driver_cp
     return plan
 
 
-def placement_factory(plan: dict[str, dict[str, Any]]) -> Callable[[dict], Any]:
-    """``resources=`` callable of ``tune.with_resources``: the trial's PlacementGroupFactory."""
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD")
+
+
+def placement_factory(plan: dict[str, dict[str, Any]], strategy: str = "PACK") -> Callable[[dict], Any]:
+    """``resources=`` callable of ``tune.with_resources``: the trial's PlacementGroupFactory.
+
+    ``PACK`` puts a trial's bundles on as few nodes as possible; ``SPREAD`` on as many (both best effort:
+    when a node dies, Ray places the lost bundles on the nodes that remain, if they have room).
+    """
     from ray import tune
 
     def factory(config: dict) -> Any:
-        return tune.PlacementGroupFactory(plan[config["trial"]]["bundles"], strategy="PACK")
+        return tune.PlacementGroupFactory(plan[config["trial"]]["bundles"], strategy=strategy)
 
     return factory
 
@@ -193,7 +200,10 @@ def run_trial(config: dict[str, Any], sweep_dir: str, plan: dict[str, dict[str, 
         if tune_round is not None and tune_round > exp.completed:
             raise RuntimeError(f"Tune's checkpoint says round {tune_round} but {out} holds {exp.completed} "
                                "rounds: the trial folder was replaced; start a new sweep folder")
-        record_placement(out)
+        placement = record_placement(out)
+        state.setdefault("placements", []).append(
+            {"attempt": state["attempts"], "from_round": exp.completed, "trainable_node": placement["node_id"],
+             "worker_nodes": [w.get("node_id") for w in exp.description["workers"]]})
         reported = False
         while exp.completed < cfg.rounds:
             record = exp.step()
