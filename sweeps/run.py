@@ -4,7 +4,7 @@
     python -m sweeps.run --config configs/sweeps/tiny_smoke.yaml --out DIR [--set key=value ...]
     python -m sweeps.run --resume DIR                  # continue an interrupted sweep (errored trials too)
     python -m sweeps.run --list-presets
-    python -m sweeps.run --preset paper_glue --out DIR --address auto --max-concurrent 8
+    python -m sweeps.run --preset paper_glue --out DIR --address auto --max-concurrent 8 --max-failures 2
 
 Writes ``DIR/sweep.yaml`` (the resolved spec, the ``--set`` overrides, the trial list and the sweep's
 fingerprint), one folder per trial in ``DIR/trials/<trial_id>/`` (an ``orchestrator.run`` folder plus

@@ -14,7 +14,8 @@ asks for exactly the reserved share.
 The trainable writes into ``SWEEP_DIR/trials/<trial_id>/`` (a stable id from the trial's position and
 labels): the Experiment's own files and checkpoints (the same files as a one-run folder: rounds.csv with
 its round-0 row, examples.parquet, summary.json ...), plus ``trial.json`` (status, rounds, wall time,
-error message, ``data_notes``). After every round it calls ``tune.report(round metrics)`` (rounds >= 1;
+error message, ``data_notes``, and per attempt the round it started from and the node ids of its trainable
+and workers under ``placements``). After every round it calls ``tune.report(round metrics)`` (rounds >= 1;
 the untrained model's round 0 is evaluated by the Experiment before and not reported); on rounds where
 the Experiment checkpointed it attaches a tiny Tune checkpoint that records the round. On restore it
 resumes the Experiment from its folder, which holds the real state; a finished trial is not rerun. The
