@@ -48,7 +48,8 @@ class RunConfig:
 
     ``participation``: fraction of clients sampled uniformly without replacement each round
     (``floor(participation * num_clients)`` clients, seeded per round). ``eval_every``: evaluate the
-    global model every this many rounds (the final round always).
+    global model every this many rounds (the final round always). ``system``: client availability, speed,
+    round deadline and over-selection (:mod:`orchestrator.system_model`).
     """
 
     seed: int = 0

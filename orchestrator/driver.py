@@ -7,7 +7,9 @@ checkpoint after each. The driver never branches on the method's name. Run it in
 actor (:data:`DriverActor`).
 
 Round ``t`` (0-based): sample ``floor(participation * N)`` clients uniformly without replacement from the
-stream (seed, "sample", t); build their ClientStarts; run them on free workers as workers free up;
+stream (seed, "sample", t); keep those the system model lets answer in time (``orchestrator.system_model``;
+all of them without a ``system`` section; with none kept the state stays as it was); build their
+ClientStarts; run them on free workers as workers free up;
 aggregate (updates in client-id order, so completion order never matters); measure noise and bytes;
 evaluate every ``eval_every`` rounds and after the last round. An evaluated round's record carries its
 per-example rows under ``"examples"``; :meth:`Driver.evaluate_initial` evaluates the untrained model

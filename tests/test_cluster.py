@@ -44,14 +44,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture()
-def two_nodes():
+def two_nodes(monkeypatch):
     import ray
     from ray.cluster_utils import Cluster
 
     if ray.is_initialized():
         ray.shutdown()
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    os.environ.setdefault("RAY_health_check_period_ms", "500")  # notice the lost node within seconds
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("RAY_health_check_period_ms", "500")  # notice the lost node within seconds
     cluster = Cluster(initialize_head=True, head_node_args={
         "num_cpus": 4, "gcs_server_port": _free_port(), "include_dashboard": False})
     second = cluster.add_node(num_cpus=3)
