@@ -24,6 +24,7 @@ from core.validation import check_int
 from orchestrator.method_config import MethodConfig
 from orchestrator.methods.registry import check_method_name
 from orchestrator.ranks import RankConfig
+from orchestrator.system_model import SystemConfig
 from orchestrator.trackers import LoggingConfig
 from workers.data_config import DataConfig
 from workers.models import ModelConfig
@@ -51,7 +52,8 @@ class RunConfig:
     (``floor(participation * num_clients)`` clients, seeded per round). ``eval_every``: evaluate the
     global model every this many rounds (the final round always). ``plugins``: Python files (relative to
     the cwd, stored resolved) or module names imported before ``method.name`` is checked, so that methods
-    they ``@register`` can run (:mod:`core.plugins`).
+    they ``@register`` can run (:mod:`core.plugins`). ``system``: client availability, speed, round
+    deadline and over-selection (:mod:`orchestrator.system_model`).
     """
 
     seed: int = 0
@@ -69,6 +71,7 @@ class RunConfig:
     resources: ResourceConfig = field(default_factory=ResourceConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    system: SystemConfig = field(default_factory=SystemConfig)
 
     def __post_init__(self) -> None:
         check_int("seed", self.seed, 0)
@@ -90,6 +93,7 @@ class RunConfig:
             need = 1.0 / self.data.num_clients
             raise ValueError(f"participation={self.participation} of data.num_clients={self.data.num_clients} "
                              f"samples 0 clients per round; use participation >= {need:.4g}")
+        self.system.check_clients(self.data.num_clients)
 
     def checkpoint_due(self, completed_round: int) -> bool:
         """Whether a checkpoint follows 1-based round ``completed_round``: every ``checkpoint_every``, and the last."""
@@ -111,6 +115,8 @@ class RunConfig:
         ``plugins`` never counts: a method is known by its ``method.name``, wherever its file lives.
         """
         d = {k: v for k, v in self.to_dict().items() if k not in (*exclude, "plugins", "logging")}
+        if not self.system.active:  # the section at its defaults changes nothing: older runs keep their hash
+            d.pop("system", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -7,7 +7,9 @@ checkpoint after each. The driver never branches on the method's name. Run it in
 actor (:data:`DriverActor`).
 
 Round ``t`` (0-based): sample ``floor(participation * N)`` clients uniformly without replacement from the
-stream (seed, "sample", t); build their ClientStarts; run them on free workers as workers free up;
+stream (seed, "sample", t); keep those the system model lets answer in time (``orchestrator.system_model``;
+all of them without a ``system`` section; with none kept the state stays as it was); build their
+ClientStarts; run them on free workers as workers free up;
 aggregate (updates in client-id order, so completion order never matters); measure noise and bytes;
 evaluate every ``eval_every`` rounds and after the last round. An evaluated round's record carries its
 per-example rows under ``"examples"``; :meth:`Driver.evaluate_initial` evaluates the untrained model
@@ -31,6 +33,7 @@ from orchestrator.metrics import module_cosine_similarity, noise_metrics, round_
 from orchestrator.pool import Job, WorkerPool
 from orchestrator.ranks import assign_ranks
 from orchestrator.state import GlobalState
+from orchestrator.system_model import RoundPlan, SystemModel, job_work
 from workers.actor import make_worker
 from workers.eval_results import combine, example_rows, shard_ranges
 from workers.resources import resolve_resources
@@ -99,6 +102,9 @@ class Driver:
         self.state: GlobalState = self.method.init_global(self.initial_head)
         self.round = 0
         self.similarity_module = self._similarity_module()
+        self.system = SystemModel(cfg.system, cfg.seed, self.num_clients, cfg.clients_per_round, [
+            job_work(cfg.train.total_steps(self.client_sizes.get(c, 0)), cfg.train.batch_size)
+            for c in range(self.num_clients)])
 
     # ---------------------------------------------------------------------------------------------- state
     def describe(self) -> dict[str, Any]:
@@ -117,16 +123,22 @@ class Driver:
         self.state, self.round = state, int(completed_rounds)
 
     def sample_clients(self, round_idx: int) -> list[int]:
-        """``floor(participation * N)`` distinct clients from the stream (seed, "sample", round), sorted."""
+        """``floor(participation * N)`` distinct clients from the stream (seed, "sample", round), sorted.
+
+        With ``system.over_selection`` the first ``m'`` of the same permutation (``SystemModel.num_sampled``).
+        """
         perm = torch.randperm(self.num_clients, generator=generator(self.cfg.seed, "sample", round_idx))
-        return sorted(perm[: self.cfg.clients_per_round].tolist())
+        return sorted(perm[: self.system.num_sampled].tolist())
 
     # ---------------------------------------------------------------------------------------------- round
     def run_round(self) -> dict[str, Any]:
         """Run the next round; returns its record (``round`` is 1-based) with per-client rows."""
         t, cfg = self.round, self.cfg
         t_start = time.perf_counter()
-        clients = self.sample_clients(t)
+        plan, state_before = self.system.plan(t, self.sample_clients(t)), self.state
+        clients = list(plan.kept)
+        if not clients:
+            return self._empty_round(plan, t_start)
         starts = [self.method.client_start(self.state, c, t) for c in clients]
         t_starts = time.perf_counter() - t_start
 
@@ -171,8 +183,39 @@ class Driver:
              "train_loss": u.train_loss, "steps": u.steps, "compute_seconds": u.compute_seconds,
              "weight": agg.weights[u.client_id], "restarts": r.restarts, "peak_gpu_bytes": u.peak_memory_bytes}
             for s, u, r in zip(starts, updates, results)]
+        if self.cfg.system.active:
+            self._add_system_columns(record, plan, state_before)
         if similarity is not None:
             record["similarity"] = similarity
+        return record
+
+    def _add_system_columns(self, record: dict[str, Any], plan: RoundPlan, state: GlobalState) -> None:
+        """The round's simulated time and counts, and a clients.csv row per dropped client (with the reason).
+
+        ``state``: the state the round started from (a dropped client's rank is the one it would have had).
+        """
+        record.update(plan.counts(), sim_round_seconds=plan.round_seconds)
+        for row in record["client_rows"]:
+            c = row["client"]
+            row.update(outcome=plan.outcome[c], sim_seconds=plan.sim_seconds[c], speed=self.system.speed[c])
+        record["client_rows"] += [
+            {"round": plan.round + 1, "client": c, "rank": self.method.client_rank(state, c),
+             "outcome": why, "sim_seconds": plan.sim_seconds.get(c, float("nan")), "speed": self.system.speed[c]}
+            for c, why in sorted(plan.outcome.items()) if c not in plan.kept]
+
+    def _empty_round(self, plan: RoundPlan, t_start: float) -> dict[str, Any]:
+        """A round in which no sampled client's update arrives: the global state stays exactly as it was."""
+        t = plan.round
+        record: dict[str, Any] = {"round": t + 1, "method": self.cfg.method.name, "clients": 0,
+                                  "bytes_down": 0, "bytes_up": 0, "client_rows": [],
+                                  "note": "no client update arrived: global state unchanged"}
+        self._add_system_columns(record, plan, self.state)
+        self.round = t + 1
+        t0 = time.perf_counter()
+        if self.round % self.cfg.eval_every == 0 or self.round == self.cfg.rounds:
+            record.update(self.evaluate())
+        record.update(train_loss=float("nan"), t_eval=time.perf_counter() - t0, t_round=time.perf_counter() - t_start,
+                      worker_restarts=0)
         return record
 
     def evaluate(self, state: GlobalState | None = None, round_idx: int | None = None) -> dict[str, Any]:

@@ -253,6 +253,8 @@ def progress_line(record: dict[str, Any], total: int, status: str) -> str:
     for key in ("accuracy", "mcc", "rouge_l", "personal_accuracy", "train_loss", "agg_noise", "init_noise_fn"):
         if key in record and record[key] == record[key]:
             parts.append(f"{key}={record[key]:.4g}")
+    if "note" in record and isinstance(record["note"], str):
+        parts.append(f"({record['note']})")
     parts.append(f"| {status}")
     return " ".join(parts)
 

@@ -6,7 +6,7 @@
     python -m sweeps.run --list-presets
     python -m sweeps.run --config examples/custom_method/sweep.yaml --out DIR     # plugins: in the YAML
     python -m sweeps.run --preset quick --plugin my_method.py --set ... --out DIR  # or on the command line
-    python -m sweeps.run --preset paper_glue --out DIR --address auto --max-concurrent 8
+    python -m sweeps.run --preset paper_glue --out DIR --address auto --max-concurrent 8 --max-failures 2
 
 Writes ``DIR/sweep.yaml`` (the resolved spec, the ``--set`` overrides, the trial list and the sweep's
 fingerprint), one folder per trial in ``DIR/trials/<trial_id>/`` (an ``orchestrator.run`` folder plus
@@ -144,11 +144,14 @@ def resolve_request(args: argparse.Namespace) -> tuple[SweepSpec, dict[str, Any]
 def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec], out: Path, *, resume: bool = False,
               max_concurrent: int | None = None, driver_cpus: float = 0.0, summary_every: float = 60.0,
               log: Callable[[str], None] = print, logging: LoggingConfig | None = None,
-              warm_trials: bool = True) -> Any:
+              warm_trials: bool = True, max_failures: int = 0, placement: str = "PACK") -> Any:
     """Run (or continue) the sweep in ``out`` on the connected Ray cluster; writes the result tables.
 
     ``warm_trials``: a trial runs on the workers (and loaded models) of the trial its Tune process ran before
-    (``sweeps.tune_runner``); ``False`` starts fresh actors for every trial.
+    (``sweeps.tune_runner``); ``False`` starts fresh actors for every trial. ``max_failures``: Tune restarts a
+    failed trial (a lost node, a killed actor) up to this many times; it resumes from the trial's last
+    checkpoint (``checkpoint_every``) to the same numbers. ``placement``: the placement-group strategy of
+    every trial (``PACK`` or ``SPREAD`` over the nodes).
 
     Returns the trials frame. Raises :class:`~sweeps.tune_runner.SweepResourceError` before any trial
     starts when a trial's pool cannot fit the cluster.
@@ -173,7 +176,7 @@ def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec
         atomic_write_text(out / SWEEP_FILE, yaml.safe_dump(sweep_record(spec, overrides, trials), sort_keys=False))
     ids = [t.trial_id for t in trials]
     trainable = tune.with_resources(tune.with_parameters(run_trial, sweep_dir=str(out), plan=plan, warm=warm_trials),
-                                    resources=placement_factory(plan))
+                                    resources=placement_factory(plan, placement))
     progress = SweepProgress(trials, out, summary_every=summary_every, log=log)
     callbacks = [progress, *tracker_callbacks(logging or spec.logging_config(), trials, out, spec.name)]
     workers = {plan[i]["bundles"][1].get("CPU", 0) for i in ids}
@@ -193,7 +196,7 @@ def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec
                                         trial_name_creator=lambda t: t.config["trial"],
                                         trial_dirname_creator=lambda t: t.config["trial"]),
             run_config=tune.RunConfig(name=TUNE_DIR, storage_path=str(out), verbose=0, callbacks=callbacks,
-                                      failure_config=tune.FailureConfig(max_failures=0),
+                                      failure_config=tune.FailureConfig(max_failures=max_failures),
                                       checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))
     _quiet_trial_tracebacks()
     grid = tuner.fit()
@@ -276,6 +279,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-concurrent", type=int, help="at most N trials at once (default: as many as fit)")
     parser.add_argument("--driver-cpus", type=float, default=0.0,
                         help="CPUs reserved per trial for its driver (default 0: it waits on workers)")
+    parser.add_argument("--max-failures", type=int, default=0,
+                        help="restart a failed trial (e.g. its node died) up to N times from its last checkpoint")
+    parser.add_argument("--placement", choices=["PACK", "SPREAD"], default="PACK",
+                        help="spread a trial's actors over as few (PACK) or as many (SPREAD) nodes as possible")
     parser.add_argument("--summary-every", type=float, default=60.0, help="seconds between progress summaries")
     parser.add_argument("--worker-logs", action="store_true", help="show the actors' own log lines")
     parser.add_argument("--cold-trials", action="store_true",
@@ -291,6 +298,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.max_concurrent is not None and args.max_concurrent < 1:
             raise SweepSetupError(f"--max-concurrent {args.max_concurrent} must be >= 1")
+        if args.max_failures < 0:
+            raise SweepSetupError(f"--max-failures {args.max_failures} must be >= 0")
         spec, overrides, trials, out = resolve_request(args)
         logging_config = spec.logging_config(args.log)
         check_installed(logging_config.trackers)
@@ -301,7 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         table = run_sweep(spec, overrides, trials, out, resume=bool(args.resume), max_concurrent=args.max_concurrent,
                           driver_cpus=args.driver_cpus, summary_every=args.summary_every, logging=logging_config,
-                          warm_trials=not args.cold_trials)
+                          warm_trials=not args.cold_trials, max_failures=args.max_failures,
+                          placement=args.placement)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -14,7 +14,8 @@ asks for exactly the reserved share.
 The trainable writes into ``SWEEP_DIR/trials/<trial_id>/`` (a stable id from the trial's position and
 labels): the Experiment's own files and checkpoints (the same files as a one-run folder: rounds.csv with
 its round-0 row, examples.parquet, summary.json ...), plus ``trial.json`` (status, rounds, wall time,
-error message, ``data_notes``). After every round it calls ``tune.report(round metrics)`` (rounds >= 1;
+error message, ``data_notes``, and per attempt the round it started from and the node ids of its trainable
+and workers under ``placements``). After every round it calls ``tune.report(round metrics)`` (rounds >= 1;
 the untrained model's round 0 is evaluated by the Experiment before and not reported); on rounds where
 the Experiment checkpointed it attaches a tiny Tune checkpoint that records the round. On restore it
 resumes the Experiment from its folder, which holds the real state; a finished trial is not rerun. The
@@ -91,12 +92,19 @@ def plan_resources(trials: list[TrialSpec], cluster: dict[str, float], driver_cp
     return plan
 
 
-def placement_factory(plan: dict[str, dict[str, Any]]) -> Callable[[dict], Any]:
-    """``resources=`` callable of ``tune.with_resources``: the trial's PlacementGroupFactory."""
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD")
+
+
+def placement_factory(plan: dict[str, dict[str, Any]], strategy: str = "PACK") -> Callable[[dict], Any]:
+    """``resources=`` callable of ``tune.with_resources``: the trial's PlacementGroupFactory.
+
+    ``PACK`` puts a trial's bundles on as few nodes as possible; ``SPREAD`` on as many (both best effort:
+    when a node dies, Ray places the lost bundles on the nodes that remain, if they have room).
+    """
     from ray import tune
 
     def factory(config: dict) -> Any:
-        return tune.PlacementGroupFactory(plan[config["trial"]]["bundles"], strategy="PACK")
+        return tune.PlacementGroupFactory(plan[config["trial"]]["bundles"], strategy=strategy)
 
     return factory
 
@@ -241,7 +249,10 @@ def run_trial(config: dict[str, Any], sweep_dir: str, plan: dict[str, dict[str, 
         if tune_round is not None and tune_round > exp.completed:
             raise RuntimeError(f"Tune's checkpoint says round {tune_round} but {out} holds {exp.completed} "
                                "rounds: the trial folder was replaced; start a new sweep folder")
-        record_placement(out)
+        placement = record_placement(out)
+        state.setdefault("placements", []).append(
+            {"attempt": state["attempts"], "from_round": exp.completed, "trainable_node": placement["node_id"],
+             "worker_nodes": [w.get("node_id") for w in exp.description["workers"]]})
         reported = False
         while exp.completed < cfg.rounds:
             record = exp.step()

@@ -86,8 +86,8 @@ class ClientWorker:
         return {"model_reused": reuse, "data_reused": same_data}
 
     def ping(self) -> dict[str, Any]:
-        """Where this worker runs: pid, host, Ray GPU ids, torch device and threads."""
-        return {"pid": os.getpid(), "host": socket.gethostname(), "gpu_ids": _ray_gpu_ids(),
+        """Where this worker runs: pid, host, Ray node id (``None`` outside Ray), GPU ids, torch device and threads."""
+        return {"pid": os.getpid(), "host": socket.gethostname(), "node_id": _ray_node_id(), "gpu_ids": _ray_gpu_ids(),
                 "device": str(self.trainer.device), "torch_threads": torch.get_num_threads()}
 
     def module_specs(self) -> list[ModuleSpec]:
@@ -218,6 +218,12 @@ def _remote_class():
     import ray
 
     return ray.remote(max_restarts=0)(ClientWorker)
+
+
+def _ray_node_id() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
 
 
 def _ray_gpu_ids() -> list:
