@@ -19,6 +19,9 @@ class TrainConfig:
     batch_size)`` steps over its ``n`` local examples. ``grad_clip``: max global gradient norm (``None``
     = off). ``lora_dropout`` is applied by PEFT to the input of every trainable adapter (never to the
     fold, DESIGN.md section 3). ``max_new_tokens``: greedy generation length for causal-LM evaluation.
+    ``prox_mu``: FedProx (Li et al., MLSys 2020, eq. 2): the local objective adds
+    ``(prox_mu / 2) * ||theta - theta_start||^2`` over every tensor the job trains (adapter factors and
+    head), ``theta_start`` being its value at the start of the job; 0 = off (plain local training).
     """
 
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -32,6 +35,7 @@ class TrainConfig:
     momentum: float = 0.0
     eval_batch_size: int = 64
     max_new_tokens: int = 32
+    prox_mu: float = 0.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -52,6 +56,8 @@ class TrainConfig:
             raise ValueError(f"train.weight_decay={self.weight_decay!r} must be a number >= 0")
         if not (is_number(self.momentum) and 0.0 <= self.momentum < 1.0):
             raise ValueError(f"train.momentum={self.momentum!r} must be in [0, 1)")
+        if not (is_number(self.prox_mu) and self.prox_mu >= 0):
+            raise ValueError(f"train.prox_mu={self.prox_mu!r} must be a number >= 0 (0 = no proximal term)")
 
     def total_steps(self, n_examples: int) -> int:
         """Optimizer steps of one local job over ``n_examples`` examples (0 when there are none)."""
