@@ -12,8 +12,9 @@ components than a client's rank, the extra ranks start fresh (A Kaiming-uniform,
 
 Server optimizer: the parameters are the dense ``dW_g = s B A: (d, k)`` (and the head). The SVD factors
 are no parameters (their basis and rank change every round, so factor differences mean nothing); the
-stepped ``dW_g`` (full rank in general) is stored as its full thin SVD, ``B = U S / s``, ``A = V^T`` of
-rank ``min(d, k)``, so clients still get its best rank-``r`` approximation and ``W0 + dW_g`` is evaluated.
+stepped ``dW_g`` (full rank in general) is stored as its thin SVD, ``B = U S / s``, ``A = V^T``, truncated
+to its numerical rank at the state's float32 precision (:func:`numerical_rank`), so clients still get
+its best rank-``r`` approximation and ``W0 + dW_g`` is evaluated.
 """
 
 from __future__ import annotations
@@ -67,8 +68,9 @@ class FlexLoRA(FactoredMethod):
                 continue
             m = key[: -len("/dW")]
             U, S, Vh = torch.linalg.svd(value.double() / self.scale, full_matrices=False)
-            new.tensors[f"{m}/B"] = (U * S).to(torch.float32)
-            new.tensors[f"{m}/A"] = Vh.to(torch.float32).contiguous()
+            q = max(1, numerical_rank(S, max(value.shape)))
+            new.tensors[f"{m}/B"] = (U[:, :q] * S[:q]).to(torch.float32)
+            new.tensors[f"{m}/A"] = Vh[:q].to(torch.float32).contiguous()
         return new
 
     def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]):
@@ -81,3 +83,14 @@ class FlexLoRA(FactoredMethod):
             new.tensors[f"{m}/B"] = (U * S).to(torch.float32)
             new.tensors[f"{m}/A"] = Vh.to(torch.float32).contiguous()
         return new, weights
+
+
+def numerical_rank(S: torch.Tensor, size: int) -> int:
+    """Singular values above ``S_1 * size * eps_float32`` (numpy's ``matrix_rank`` rule at float32 precision).
+
+    Smaller ones are rounding noise of a float32 state: kept, they would hand clients arbitrary
+    directions instead of fresh ranks (FlexLoRA's rank-deficient case).
+    """
+    if S.numel() == 0 or float(S[0]) == 0.0:
+        return 0
+    return int((S > S[0] * size * torch.finfo(torch.float32).eps).sum())
