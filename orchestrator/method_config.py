@@ -30,7 +30,7 @@ class MethodConfig:
     Server optimizer (``orchestrator.server_optimizer``; Reddi et al. 2021, Algorithm 2): ``avg`` keeps
     the method's aggregate (FedAvg, the default); ``avgm`` uses ``server_lr`` and ``server_momentum``;
     ``adam``/``yogi``/``adagrad`` use ``server_lr``, ``server_beta1``, ``server_beta2`` (not adagrad) and
-    ``server_tau``. ``server_lr = None``: 1.0 for ``avgm``, 0.01 for the adaptive ones. ``avg`` ignores
+    ``server_tau``. ``server_lr = None``: 1.0 for ``avgm``, 0.001 for the adaptive ones. ``avg`` ignores
     the hyper-parameters.
     """
 

@@ -16,6 +16,8 @@ named parameter):
 
   then ``x_{t+1} = x_t + lr * m_t / (sqrt(v_t) + tau)``.
 
+Defaults: ``beta1 = 0.9``, ``beta2 = 0.99``, ``tau = 1e-3`` and ``lr = 1e-3`` for the adaptive rules (the
+values OpenFedLLM, Ye et al. 2024, uses for federated LoRA), ``lr = 1`` and ``momentum = 0.9`` for FedAvgM.
 Initial moments (Algorithm 2): ``m_{-1} = 0`` and ``v_{-1} = tau^2`` (the paper asks ``v_{-1} >= tau^2``);
 no bias correction (the paper has none). The moments are created at the first step, so ``avg`` never
 adds any. Arithmetic runs in float64; parameters keep their dtype, moments are stored as float32 in the
@@ -33,7 +35,7 @@ from torch import Tensor
 SERVER_OPTIMIZERS = ("avg", "avgm", "adam", "yogi", "adagrad")
 ADAPTIVE = ("adam", "yogi", "adagrad")
 MOMENT_PREFIX = "server_opt/"
-DEFAULT_LR = {"avg": 1.0, "avgm": 1.0, "adam": 1e-2, "yogi": 1e-2, "adagrad": 1e-2}
+DEFAULT_LR = {"avg": 1.0, "avgm": 1.0, "adam": 1e-3, "yogi": 1e-3, "adagrad": 1e-3}  # OpenFedLLM's LoRA defaults
 
 
 def moment_key(kind: str, name: str) -> str:
