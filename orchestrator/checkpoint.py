@@ -2,7 +2,8 @@
 
 Layout of ``DIR/checkpoint/``:
 
-- ``state-<round>.safetensors``: every state tensor by name, in its own dtype;
+- ``state-<round>.safetensors``: every state tensor by name, in its own dtype (the server optimizer's
+  moments included, so a resumed run continues exactly);
 - ``state.json``: the commit point: method metadata, the completed round, the config fingerprint and
   the name of the state file of that round. Written to a temporary name and renamed (atomic), after the
   state file, and the older state files are deleted only after it; a run killed at any moment leaves

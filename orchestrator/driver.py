@@ -10,7 +10,8 @@ Round ``t`` (0-based): sample ``floor(participation * N)`` clients uniformly wit
 stream (seed, "sample", t); keep those the system model lets answer in time (``orchestrator.system_model``;
 all of them without a ``system`` section; with none kept the state stays as it was); build their
 ClientStarts; run them on free workers as workers free up;
-aggregate (updates in client-id order, so completion order never matters); measure noise and bytes;
+aggregate (updates in client-id order, so completion order never matters); step the server optimizer
+on the aggregate (noise is measured on the aggregate itself); measure noise and bytes;
 evaluate every ``eval_every`` rounds and after the last round. An evaluated round's record carries its
 per-example rows under ``"examples"``; :meth:`Driver.evaluate_initial` evaluates the untrained model
 (round 0), once per run.
@@ -151,6 +152,7 @@ class Driver:
 
         t0 = time.perf_counter()
         agg = self.method.aggregate(self.state, starts, updates)
+        stepped = self.method.server_step(self.state, agg.state)  # method.server_optimizer (avg: agg.state)
         t_aggregate = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -162,7 +164,7 @@ class Driver:
         similarity = self._similarity(starts, updates)
         t_metrics = time.perf_counter() - t0
 
-        self.state = agg.state
+        self.state = stepped
         self.round = t + 1
         t0 = time.perf_counter()
         if self.round % cfg.eval_every == 0 or self.round == cfg.rounds:

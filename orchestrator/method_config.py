@@ -6,7 +6,8 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from core.validation import check_choice
+from core.validation import check_choice, check_positive, is_number
+from orchestrator.server_optimizer import DEFAULT_LR, SERVER_OPTIMIZERS, ServerOptimizer
 
 WEIGHTINGS = ("data", "uniform", "sparsity")
 SELECTIONS = ("random", "fixed", "weight_norm")
@@ -25,6 +26,12 @@ class MethodConfig:
     and on the server. ``standard``: ``s = lora_alpha / R`` with ``lora_alpha = R`` by default, i.e.
     ``s = 1`` (the paper's ``lora_alpha = r`` setting). ``rslora``: ``s = lora_alpha / sqrt(R)``
     (Fed-PrsLoRA; ``lora_alpha = R`` by default gives ``s = sqrt(R)``).
+
+    Server optimizer (``orchestrator.server_optimizer``; Reddi et al. 2021, Algorithm 2): ``avg`` keeps
+    the method's aggregate (FedAvg, the default); ``avgm`` uses ``server_lr`` and ``server_momentum``;
+    ``adam``/``yogi``/``adagrad`` use ``server_lr``, ``server_beta1``, ``server_beta2`` (not adagrad) and
+    ``server_tau``. ``server_lr = None``: 1.0 for ``avgm``, 0.001 for the adaptive ones. ``avg`` ignores
+    the hyper-parameters.
     """
 
     name: str = "fedplora"
@@ -40,6 +47,12 @@ class MethodConfig:
     hetlora_min_rank: int = 1
     pfedlora_shared_rank: int | None = None
     pfedlora_private_fraction: float = 0.5
+    server_optimizer: Literal["avg", "avgm", "adam", "yogi", "adagrad"] = "avg"
+    server_lr: float | None = None
+    server_momentum: float = 0.9
+    server_beta1: float = 0.9
+    server_beta2: float = 0.99
+    server_tau: float = 1e-3
 
     def __post_init__(self) -> None:
         if self.weighting is not None:
@@ -60,6 +73,20 @@ class MethodConfig:
         if not 0.0 < self.pfedlora_private_fraction < 1.0:
             raise ValueError(f"method.pfedlora_private_fraction={self.pfedlora_private_fraction} must be "
                              "in (0, 1)")
+        check_choice("method.server_optimizer", self.server_optimizer, SERVER_OPTIMIZERS)
+        if self.server_lr is not None:
+            check_positive("method.server_lr", self.server_lr)
+        check_positive("method.server_tau", self.server_tau)
+        for name in ("server_momentum", "server_beta1", "server_beta2"):
+            value = getattr(self, name)
+            if not (is_number(value) and 0.0 <= value < 1.0):
+                raise ValueError(f"method.{name}={value!r} must be a number in [0, 1)")
+
+    def server(self) -> ServerOptimizer:
+        """The server optimizer these options describe (``server_lr = None``: the optimizer's default)."""
+        lr = DEFAULT_LR[self.server_optimizer] if self.server_lr is None else float(self.server_lr)
+        return ServerOptimizer(self.server_optimizer, lr, float(self.server_momentum), float(self.server_beta1),
+                               float(self.server_beta2), float(self.server_tau))
 
     def one_rank_scale(self, global_rank: int) -> float:
         """The scale ``s`` of every one-rank piece ``s * B_j A_j`` (identical on all clients)."""

@@ -9,7 +9,8 @@ and a pristine CPU copy of the original target weights ``W0: (d, k)``. Every job
 3. the start's named adapters are (re)created with their per-module ranks, ``lora_alpha = scale * r``
    (PEFT's scaling is set to ``AdapterInit.scale`` exactly), and their values copied in;
 4. the local stages run: each trains the adapters it names (every adapter of the start stays active in
-   the forward: pFedLoRA's private and shared adapters are summed), for its share of the steps.
+   the forward: pFedLoRA's private and shared adapters are summed), for its share of the steps; with
+   ``train.prox_mu > 0`` the loss adds FedProx's proximal term towards the start-of-job values.
 
 Every random stream (batch order, dropout) comes from ``start.seed``, so a job's result does not depend
 on which worker ran it or what it ran before.
@@ -19,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -246,6 +247,7 @@ class LocalTrainer:
             all_params.update({id(p): p for p in self.set_trainable(start, stage.train)})
         optimizer = self._optimizer(list(all_params.values()))
         scaler = precision.grad_scaler(self.cfg.autocast, self.device)
+        anchors = start_values(all_params.values()) if self.cfg.prox_mu > 0 else None
         batches = batch_indices(n, self.cfg.batch_size, order)
         losses: list[float] = []
         self.model.train()
@@ -257,6 +259,8 @@ class LocalTrainer:
                     with self.autocast():
                         loss = self.loss(batch)
                     objective = (loss + self.penalty(start.penalty)) if start.penalty else loss
+                    if anchors is not None:
+                        objective = objective + proximal_term(params, anchors, self.cfg.prox_mu)
                     optimizer.zero_grad(set_to_none=True)
                     (scaler.scale(objective) if scaler else objective).backward()
                     if self.cfg.grad_clip is not None:
@@ -403,6 +407,20 @@ def split_steps(total: int, fractions: Sequence[float]) -> list[int]:
         acc += f
         bounds.append(int(round(acc * total)))
     return [b - a for a, b in zip(bounds, bounds[1:])]
+
+
+def start_values(params: Iterable[nn.Parameter]) -> dict[int, Tensor]:
+    """Detached copies of ``params`` (FedProx's ``theta_start``), keyed by ``id(param)``."""
+    return {id(p): p.detach().clone() for p in params}
+
+
+def proximal_term(params: Iterable[nn.Parameter], anchors: dict[int, Tensor], mu: float) -> Tensor:
+    """FedProx's ``(mu / 2) * sum_p ||p - p_start||_F^2`` (Li et al., MLSys 2020, eq. 2).
+
+    Its gradient is ``mu * (p - p_start)`` on each ``p``; zero at the start of the job.
+    """
+    total = sum(((p - anchors[id(p)]) ** 2).sum() for p in params)
+    return 0.5 * mu * total  # type: ignore[return-value]
 
 
 def _dense_on(delta: Delta, device: torch.device) -> Tensor:

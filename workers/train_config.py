@@ -26,6 +26,10 @@ class TrainConfig:
     float32; fp16 adds loss scaling and needs CUDA; bf16 also works on the CPU). ``gradient_checkpointing``
     recomputes the backbone's activations in the backward pass instead of keeping them (less memory, about
     one more forward of time; the RNG state is replayed, so results do not change).
+
+    ``prox_mu``: FedProx (Li et al., MLSys 2020, eq. 2): the local objective adds
+    ``(prox_mu / 2) * ||theta - theta_start||^2`` over every tensor the job trains (adapter factors and
+    head), ``theta_start`` being its value at the start of the job; 0 = off (plain local training).
     """
 
     optimizer: Literal["adamw", "sgd"] = "adamw"
@@ -41,6 +45,7 @@ class TrainConfig:
     max_new_tokens: int = 32
     autocast: Literal["off", "bf16", "fp16"] = "off"
     gradient_checkpointing: bool = False
+    prox_mu: float = 0.0
 
     def __post_init__(self) -> None:
         if self.optimizer not in OPTIMIZERS:
@@ -64,6 +69,8 @@ class TrainConfig:
         check_choice("train.autocast", self.autocast, AUTOCAST)
         if not isinstance(self.gradient_checkpointing, bool):
             raise ValueError(f"train.gradient_checkpointing={self.gradient_checkpointing!r} must be true or false")
+        if not (is_number(self.prox_mu) and self.prox_mu >= 0):
+            raise ValueError(f"train.prox_mu={self.prox_mu!r} must be a number >= 0 (0 = no proximal term)")
 
     def total_steps(self, n_examples: int) -> int:
         """Optimizer steps of one local job over ``n_examples`` examples (0 when there are none)."""

@@ -18,6 +18,7 @@ from torch import Tensor
 from core.rng import derive_seed, generator, kaiming_uniform_A
 from core.wire import AdapterInit, ClientStart, ClientUpdate, Delta, LowRankDelta, ModuleName, ModuleSpec
 from orchestrator.method_config import MethodConfig
+from orchestrator.server_optimizer import MOMENT_PREFIX, step_parameters
 from orchestrator.state import HEAD_PREFIX, Aggregation, GlobalState
 from orchestrator.update_checks import InvalidClientUpdate, validate_update
 
@@ -72,6 +73,7 @@ class FederatedMethod(ABC):
         self.seed = seed
         self.scale = cfg.one_rank_scale(global_rank)
         self.weighting = cfg.weighting or self.default_weighting
+        self.server_optimizer = cfg.server()
         if self.weighting not in self.weightings:
             raise ValueError(f"method.weighting={self.weighting!r} is not allowed for {self.name!r}; choose "
                              f"one of {list(self.weightings)}")
@@ -137,6 +139,51 @@ class FederatedMethod(ABC):
         new_state, weights = self.aggregate_adapters(state, pairs)
         new_state.tensors.update(aggregate_head(state, pairs))
         return Aggregation(new_state, weights, used=self.used_updates(new_state, pairs))
+
+    # ---- server optimizer (orchestrator/server_optimizer.py) ------------------------------------------
+    def server_parameters(self, state: GlobalState) -> dict[str, Tensor]:
+        """The global parameters ``x`` the server optimizer steps on, by name (never modified).
+
+        Default: the standard factored layout, every module's ``"<module>/B": (d, q)`` and
+        ``"<module>/A": (q, k)``, plus the head tensors; the pseudo-gradient of a factor is then the
+        difference of the factors (Reddi et al. 2021 apply the optimizer to whatever the clients train and
+        the server averages). A method whose state is laid out otherwise overrides this and
+        :meth:`with_server_parameters`.
+        """
+        params: dict[str, Tensor] = {}
+        for m in self.modules:
+            for factor in ("B", "A"):
+                key = f"{m}/{factor}"
+                if key not in state.tensors:
+                    raise ValueError(f"method {self.name!r} has no state tensor {key!r}: a method whose state "
+                                     "is not one (B, A) pair per module must override server_parameters to use "
+                                     "method.server_optimizer")
+                params[key] = state.tensors[key]
+        params.update({k: v for k, v in state.tensors.items() if k.startswith(HEAD_PREFIX)})
+        return params
+
+    def with_server_parameters(self, state: GlobalState, params: dict[str, Tensor]) -> GlobalState:
+        """A copy of ``state`` with the stepped parameters written back (default: under their own names)."""
+        new = state.copy()
+        new.tensors.update(params)
+        return new
+
+    def server_step(self, old: GlobalState, new: GlobalState) -> GlobalState:
+        """The next global state: the server optimizer's step from ``old`` on the aggregate ``new``.
+
+        ``avg`` returns ``new`` itself (no tensor touched). Otherwise ``Delta = server_parameters(new) -
+        server_parameters(old)`` feeds the rule of ``method.server_optimizer``; its moments are read from
+        ``old`` and stored in the returned state (:mod:`orchestrator.server_optimizer`). Neither input is
+        modified.
+        """
+        if self.server_optimizer.name == "avg":
+            return new
+        moments = {k: v for k, v in old.tensors.items() if k.startswith(MOMENT_PREFIX)}
+        params, moments = step_parameters(self.server_optimizer, self.server_parameters(old),
+                                          self.server_parameters(new), moments)
+        out = self.with_server_parameters(new, params)
+        out.tensors.update(moments)
+        return out
 
     # ---- helpers for subclasses -----------------------------------------------------------------------
     def start_common(self, state: GlobalState, client_id: int, round_idx: int) -> StartCommon:

@@ -5,6 +5,7 @@
 ``s B A = sum_i p_i s B_i A`` is exact. Heterogeneous ranks: client i holds the first ``r_i`` slots
 (truncation); slot ``j`` of B is averaged over the clients that hold it, and untouched slots keep
 their value. Used in the Fed-PLoRA paper's homogeneous comparison (Fig. 3).
+Server optimizer: the parameters are the B factors (and the head); the frozen A is not a parameter.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ class FFALoRA(FactoredMethod):
         slots = list(range(common.rank))
         adapters = {m: self.slot_adapter(state, m, slots, train_A=False) for m in self.modules}
         return ClientStart(fold={}, adapters={"main": adapters}, **common.fields())
+
+    def server_parameters(self, state: GlobalState):
+        """Every module's ``B: (d, R)`` and the head; ``A`` is a frozen random projection, never stepped."""
+        frozen = {f"{m}/A" for m in self.modules}
+        return {k: v for k, v in super().server_parameters(state).items() if k not in frozen}
 
     def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]):
         weights = self.client_weights(pairs)

@@ -9,6 +9,12 @@ modified, and the evaluated model is ``W0 + dW_g`` (dense, as the official code 
 the stacked client factors by :func:`orchestrator.linalg.factored_svd` (no dense d x k SVD). Before the
 first aggregation the state is the standard LoRA init of rank R (A random, B = 0). When ``dW_g`` has fewer
 components than a client's rank, the extra ranks start fresh (A Kaiming-uniform, B = 0), so they can learn.
+
+Server optimizer: the parameters are the dense ``dW_g = s B A: (d, k)`` (and the head). The SVD factors
+are no parameters (their basis and rank change every round, so factor differences mean nothing); the
+stepped ``dW_g`` (full rank in general) is stored as its thin SVD, ``B = U S / s``, ``A = V^T``, truncated
+to its numerical rank at the state's float32 precision (:func:`numerical_rank`), so clients still get
+its best rank-``r`` approximation and ``W0 + dW_g`` is evaluated.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ from core.wire import AdapterInit, ClientStart
 from orchestrator.linalg import factored_svd
 from orchestrator.methods.base import FactoredMethod, Pair
 from orchestrator.methods.registry import register
-from orchestrator.state import GlobalState
+from orchestrator.state import HEAD_PREFIX, GlobalState
 
 
 @register
@@ -46,6 +52,27 @@ class FlexLoRA(FactoredMethod):
             adapters[m] = init
         return ClientStart(fold={}, adapters={"main": adapters}, **common.fields())
 
+    def server_parameters(self, state: GlobalState) -> dict[str, torch.Tensor]:
+        """``dW_g = s B A: (d, k)`` per module in float64, plus the head."""
+        params = {f"{m}/dW": self.scale * (B.double() @ A.double())
+                  for m, (B, A) in ((m, self.factors(state, m)) for m in self.modules)}
+        params.update({k: v for k, v in state.tensors.items() if k.startswith(HEAD_PREFIX)})
+        return params
+
+    def with_server_parameters(self, state: GlobalState, params: dict[str, torch.Tensor]) -> GlobalState:
+        """Each stepped ``dW_g`` stored as its thin SVD factors (``s B A = dW_g``); the head as it is."""
+        new = state.copy()
+        for key, value in params.items():
+            if key.startswith(HEAD_PREFIX):
+                new.tensors[key] = value
+                continue
+            m = key[: -len("/dW")]
+            U, S, Vh = torch.linalg.svd(value.double() / self.scale, full_matrices=False)
+            q = max(1, numerical_rank(S, max(value.shape)))
+            new.tensors[f"{m}/B"] = (U[:, :q] * S[:q]).to(torch.float32)
+            new.tensors[f"{m}/A"] = Vh[:q].to(torch.float32).contiguous()
+        return new
+
     def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]):
         weights = self.client_weights(pairs)
         new = state.copy()
@@ -56,3 +83,14 @@ class FlexLoRA(FactoredMethod):
             new.tensors[f"{m}/B"] = (U * S).to(torch.float32)
             new.tensors[f"{m}/A"] = Vh.to(torch.float32).contiguous()
         return new, weights
+
+
+def numerical_rank(S: torch.Tensor, size: int) -> int:
+    """Singular values above ``S_1 * size * eps_float32`` (numpy's ``matrix_rank`` rule at float32 precision).
+
+    Smaller ones are rounding noise of a float32 state: kept, they would hand clients arbitrary
+    directions instead of fresh ranks (FlexLoRA's rank-deficient case).
+    """
+    if S.numel() == 0 or float(S[0]) == 0.0:
+        return 0
+    return int((S > S[0] * size * torch.finfo(torch.float32).eps).sum())

@@ -8,6 +8,8 @@ code), so ``s B_stack A_stack = sum_i p_i s B_i A_i`` exactly, and merges: ``dW 
 Weights: ``data`` (official code, default) or ``uniform`` (the Fed-PLoRA paper's 1/v).
 The last stacked factors are kept as FLoRA's "global factors" for the rank-wise initialization noise
 (the paper's ``sum_i (||A^{t-1}|| + ||B^{t-1}||) + sigma^2``, sec. 3.4).
+Server optimizer: the parameters are the dense ``dW`` per module (and the head), so the pseudo-gradient
+is the round's merged update ``s B_stack A_stack``; the stacked factors stay those of the aggregate.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import torch
 from core.wire import AdapterInit, ClientStart, DenseDelta
 from orchestrator.methods.base import FederatedMethod, Pair
 from orchestrator.methods.registry import register
-from orchestrator.state import GlobalState
+from orchestrator.state import HEAD_PREFIX, GlobalState
 
 
 @register
@@ -51,6 +53,12 @@ class FLoRA(FederatedMethod):
             dW = torch.addmm(state.tensors[f"{m}/dW"].to(torch.float64), B_stack, A_stack, alpha=self.scale)
             new.tensors[f"{m}/dW"] = dW.to(torch.float32)
         return new, weights
+
+    def server_parameters(self, state: GlobalState) -> dict[str, torch.Tensor]:
+        """The dense ``dW: (d, k)`` of every module, plus the head."""
+        params = {f"{m}/dW": state.tensors[f"{m}/dW"] for m in self.modules}
+        params.update({k: v for k, v in state.tensors.items() if k.startswith(HEAD_PREFIX)})
+        return params
 
     def global_delta(self, state):
         return {m: DenseDelta(state.tensors[f"{m}/dW"]) for m in self.modules}
