@@ -9,7 +9,7 @@ from method_helpers import make, trained
 from orchestrator.checkpoint import load_checkpoint, save_checkpoint
 from orchestrator.config import load_config
 from orchestrator.method_config import MethodConfig
-from orchestrator.methods import available_methods
+from orchestrator.methods import available_methods, method_class
 from orchestrator.server_optimizer import MOMENT_PREFIX, SERVER_OPTIMIZERS, ServerOptimizer, step_parameters
 
 F64 = torch.float64
@@ -69,7 +69,7 @@ def test_moment_of_another_shape_is_refused():
 
 # ---- every method ---------------------------------------------------------------------------------------
 def method_for(name, optimizer, **cfg):
-    if name == "fedit":
+    if method_class(name).requires_homogeneous:
         return make(name, [4, 4, 4], R=4, server_optimizer=optimizer, **cfg)
     return make(name, [1, 2, 4], R=4, server_optimizer=optimizer, **cfg)
 
@@ -210,3 +210,39 @@ def test_server_lr_defaults_per_optimizer():
     assert MethodConfig(server_optimizer="avgm").server().lr == 1.0
     assert MethodConfig(server_optimizer="yogi").server().lr == 0.001
     assert MethodConfig(server_optimizer="adam", server_lr=0.3).server() == ServerOptimizer("adam", 0.3)
+
+
+def test_fedex_lora_steps_its_exact_global_model_and_keeps_the_averaged_factors():
+    """FedEx-LoRA: the optimizer steps the dense global delta dW + s B A; B, A stay the clients' averages."""
+    method = method_for("fedex_lora", "yogi")
+    state = method.init_global()
+    starts = [method.client_start(state, c, 0) for c in (0, 1, 2)]
+    agg = method.aggregate(state, starts, [trained(s) for s in starts])
+    plain = method_for("fedex_lora", "avg").aggregate(state, starts, [trained(s) for s in starts]).state
+    stepped = method.server_step(state, plain)
+    expected, _ = step_parameters(method.server_optimizer, method.server_parameters(state),
+                                  method.server_parameters(plain), {})
+    for m in method.modules:
+        assert torch.equal(stepped.tensors[f"{m}/B"], plain.tensors[f"{m}/B"])
+        assert torch.equal(stepped.tensors[f"{m}/A"], plain.tensors[f"{m}/A"])
+        torch.testing.assert_close(method.global_delta(stepped)[m].W, expected[f"{m}/effective"], rtol=0, atol=1e-6)
+        assert not torch.allclose(method.global_delta(stepped)[m].W, method.global_delta(plain)[m].W)
+        assert stepped.tensors[f"{MOMENT_PREFIX}m/{m}/effective"].shape == (method.modules[m].d_out,
+                                                                            method.modules[m].k_in)
+    assert set(agg.state.tensors) <= set(stepped.tensors)
+
+
+def test_fedsa_lora_steps_only_the_shared_A():
+    """FedSA-LoRA: A is the server's parameter; each client's B and the evaluation-only global B are not."""
+    method = method_for("fedsa_lora", "adam")
+    state = method.init_global()
+    starts = [method.client_start(state, c, 0) for c in (0, 1, 2)]
+    plain = method_for("fedsa_lora", "avg").aggregate(state, starts, [trained(s) for s in starts]).state
+    stepped = method.server_step(state, plain)
+    for key, value in plain.tensors.items():
+        if key.endswith("/A"):
+            assert not torch.equal(stepped.tensors[key], value), key
+            assert f"{MOMENT_PREFIX}m/{key}" in stepped.tensors
+        else:
+            assert torch.equal(stepped.tensors[key], value), key
+    assert not any(k.endswith("/B") for k in stepped.tensors if k.startswith(MOMENT_PREFIX))

@@ -21,7 +21,7 @@ import torch
 from core.wire import ClientStart, DenseDelta
 from orchestrator.methods.fedit import FedIT, average_slots
 from orchestrator.methods.registry import register
-from orchestrator.state import GlobalState
+from orchestrator.state import HEAD_PREFIX, GlobalState
 
 F64 = torch.float64
 
@@ -60,6 +60,27 @@ class FedExLoRA(FedIT):
             # out of place: ``.to(float64)`` of a float64 state is the state's own tensor
             new.tensors[f"{m}/dW"] = torch.add(dW_old.to(F64), residual, alpha=self.scale).to(dW_old.dtype)
         return new, weights
+
+    def server_parameters(self, state: GlobalState) -> dict[str, torch.Tensor]:
+        """What a server optimizer steps: the global model's dense delta ``dW + s B A`` per module, and the head.
+
+        The method's aggregate is the exact average of the clients' models in function space, so its
+        pseudo-gradient is taken there (as FLoRA's ``dW``); :meth:`with_server_parameters` keeps ``B, A`` at the
+        clients' averages and puts the optimizer's correction into the fold ``dW``.
+        """
+        params = {f"{m}/effective": delta.W for m, delta in self.global_delta(state).items()}
+        params.update({k: v for k, v in state.tensors.items() if k.startswith(HEAD_PREFIX)})
+        return params
+
+    def with_server_parameters(self, state: GlobalState, params: dict[str, torch.Tensor]) -> GlobalState:
+        """``dW <- effective - s B A`` (float64, then float32) with ``B, A`` unchanged; the head as stepped."""
+        new = state.copy()
+        for m in self.modules:
+            B, A = self.factors(state, m)
+            dW = torch.addmm(params[f"{m}/effective"].to(F64), B.to(F64), A.to(F64), alpha=-self.scale)
+            new.tensors[f"{m}/dW"] = dW.to(state.tensors[f"{m}/dW"].dtype)
+        new.tensors.update({k: v for k, v in params.items() if k.startswith(HEAD_PREFIX)})
+        return new
 
     def global_delta(self, state):
         out = {}

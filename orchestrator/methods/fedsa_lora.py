@@ -30,7 +30,7 @@ from core.wire import ClientStart, LowRankDelta
 from orchestrator.methods.base import FactoredMethod, Pair
 from orchestrator.methods.fedit import average_slots
 from orchestrator.methods.registry import register
-from orchestrator.state import GlobalState
+from orchestrator.state import HEAD_PREFIX, GlobalState
 
 
 def local_B_key(client_id: int, module: str) -> str:
@@ -69,6 +69,16 @@ class FedSALoRA(FactoredMethod):
                 B, _ = update.adapters["main"][m]
                 new.tensors[local_B_key(start.client_id, m)] = B.detach().to(torch.float32).clone()
         return new, weights
+
+    def server_parameters(self, state: GlobalState) -> dict[str, torch.Tensor]:
+        """What a server optimizer steps: the shared ``A`` of every module and the head.
+
+        Each ``B_i`` is client-local and the global ``B`` exists only to evaluate a global model, so neither is a
+        server parameter (``method.server_optimizer``; Reddi et al. 2021 step what the server averages).
+        """
+        params = {f"{m}/A": state.tensors[f"{m}/A"] for m in self.modules}
+        params.update({k: v for k, v in state.tensors.items() if k.startswith(HEAD_PREFIX)})
+        return params
 
     def personal_delta(self, state, client_id):
         """``s B_i A[:r_i]`` per module, once client ``client_id`` has trained (``None`` before)."""
