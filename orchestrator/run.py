@@ -32,6 +32,7 @@ from typing import Any
 
 import yaml
 
+from orchestrator import remote
 from orchestrator.checkpoint import (
     META_FILE,
     append_record,
@@ -104,7 +105,6 @@ class Experiment:
     def __init__(self, cfg: RunConfig, out: Path, resume: bool = False,
                  cluster_resources: dict[str, float] | None = None, worker_options: dict | None = None,
                  driver_options: dict | None = None):
-        import ray
 
         from orchestrator.driver import DriverActor
 
@@ -131,9 +131,9 @@ class Experiment:
         write_config(out, cfg.to_dict(), self.fingerprint)
         self.t_start = time.perf_counter()
         self.driver = DriverActor.options(**(driver_options or {})).remote(cfg, cluster_resources, worker_options)
-        self.description = ray.get(self.driver.describe.remote())
+        self.description = remote.get(self.driver.describe.remote())
         if start_state is not None:
-            ray.get(self.driver.set_state.remote(start_state, len(self.records)))
+            remote.get(self.driver.set_state.remote(start_state, len(self.records)))
         if self.baseline is None or 0 not in self.examples.rounds():
             self.baseline = self._evaluate_initial()
         import pandas as pd
@@ -161,9 +161,7 @@ class Experiment:
 
     def _evaluate_initial(self) -> dict[str, Any]:
         """Evaluate the untrained model (round 0) and keep its rows and record (written before round 1's)."""
-        import ray
-
-        record = ray.get(self.driver.evaluate_initial.remote())
+        record = remote.get(self.driver.evaluate_initial.remote())
         self.examples.write(0, record.pop("examples"))
         write_records(self.out / CHECKPOINT_DIR, [record] + self.records)
         return record
@@ -174,10 +172,8 @@ class Experiment:
         The round's per-example rows (an evaluated round's ``examples``) go to their own file first, and are
         not part of the returned record.
         """
-        import ray
-
         t0 = time.perf_counter()
-        record = ray.get(self.driver.run_round.remote())
+        record = remote.get(self.driver.run_round.remote())
         examples = record.pop("examples", None)
         if examples is not None:
             self.examples.write(record["round"], examples)
@@ -192,19 +188,15 @@ class Experiment:
 
     def checkpoint(self) -> None:
         """Save the driver's state after the completed rounds (atomic)."""
-        import ray
-
-        state, completed = ray.get(self.driver.get_state.remote())
+        state, completed = remote.get(self.driver.get_state.remote())
         save_checkpoint(self.out / CHECKPOINT_DIR, state, {"round": completed, "fingerprint": self.fingerprint})
 
     def finish(self) -> dict[str, Any]:
         """Export the final global adapter (PEFT format), gather examples.parquet and write summary.json."""
-        import ray
-
         from workers.export import write_adapter
 
         t0 = time.perf_counter()
-        files = ray.get(self.driver.export_global.remote())
+        files = remote.get(self.driver.export_global.remote())
         write_adapter(files, self.out / "adapter")
         self.examples.gather()
         wall = time.perf_counter() - self.t_start
@@ -221,7 +213,7 @@ class Experiment:
         import ray
 
         try:
-            ray.get(self.driver.shutdown.remote())
+            remote.get(self.driver.shutdown.remote())
             ray.kill(self.driver)
         except Exception:  # noqa: BLE001 - already gone
             pass

@@ -24,6 +24,7 @@ from torch import Tensor
 from core.wire import ClientStart, ClientUpdate, Delta, ModuleSpec
 from workers.data_config import DataConfig
 from workers.data_notes import collect_notes
+from workers.faults import check_injected_fault
 from workers.memory import release_freed_memory
 from workers.models import ModelConfig, head_state, load_model
 from workers.resources import ResourceConfig, WorkerResources, resolve_resources
@@ -109,6 +110,7 @@ class ClientWorker:
 
     def train(self, start: ClientStart) -> ClientUpdate:
         """Run ``start`` on its client's local train split."""
+        check_injected_fault(start.client_id, start.round)
         try:
             return self.trainer.train(start, self._client(start.client_id).train)
         finally:
