@@ -28,6 +28,7 @@ from orchestrator.config import RunConfig
 from orchestrator.methods import FederatedMethod, build_method
 from orchestrator.metrics import module_cosine_similarity, noise_metrics, round_bytes
 from orchestrator.pool import Job, WorkerPool
+from orchestrator.preflight import similarity_module
 from orchestrator.ranks import assign_ranks
 from orchestrator.state import GlobalState
 from workers.actor import make_worker
@@ -201,17 +202,7 @@ class Driver:
 
     # -------------------------------------------------------------------------------------------- metrics
     def _similarity_module(self) -> str | None:
-        name = self.cfg.metrics.similarity_module
-        if name is None:
-            return None
-        names = [m.name for m in self.modules]
-        if name == "":
-            return names[0]
-        matches = [n for n in names if n == name or n.endswith("." + name)]
-        if not matches:
-            raise ValueError(f"metrics.similarity_module={name!r} is not a target module; choose one of "
-                             f"{names[:6]}{'...' if len(names) > 6 else ''}")
-        return matches[0]
+        return similarity_module(self.cfg.metrics.similarity_module, [m.name for m in self.modules])
 
     def _similarity(self, starts: list[ClientStart], updates: list[ClientUpdate]) -> list[list[float]] | None:
         m = self.similarity_module

@@ -22,6 +22,7 @@ checkpoint are deleted on resume); the end of the run gathers them into ``exampl
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -35,6 +36,7 @@ import yaml
 from orchestrator import remote
 from orchestrator.checkpoint import (
     META_FILE,
+    RECORDS_FILE,
     append_record,
     load_checkpoint,
     read_records,
@@ -42,6 +44,7 @@ from orchestrator.checkpoint import (
     write_records,
 )
 from orchestrator.config import RunConfig, build, load_config
+from orchestrator.failures import report_failure, run_guarded
 from orchestrator.outputs import (
     RUN_MARKER,
     ExampleFiles,
@@ -50,6 +53,13 @@ from orchestrator.outputs import (
     write_config,
     write_csv,
     write_summary,
+)
+from orchestrator.preflight import (
+    check_output_folder,
+    check_resources,
+    check_run,
+    input_warnings,
+    local_cluster_resources,
 )
 
 CHECKPOINT_DIR = "checkpoint"
@@ -78,12 +88,28 @@ def prepare_out_dir(out: Path, cfg: RunConfig | None, resume: bool, overwrite: b
         return cfg or saved
     if cfg is None:
         raise RunSetupError("--config or --set is required unless --resume is given")
+    if out.exists() and not out.is_dir():
+        raise RunSetupError(f"--out {str(out)!r} is a file; give a folder (new or empty)")
+    if marker.is_file() and not completed_any_round(out):
+        shutil.rmtree(out)  # a run that stopped before its first round: nothing of value, never blocks a new one
     if marker.exists() or (out.exists() and any(out.iterdir())):
         if not overwrite:
             raise RunSetupError(f"--out {str(out)!r} already holds files of another run; pass --resume {out} to "
                                 "continue it or --overwrite to replace it")
         shutil.rmtree(out)
     return cfg
+
+
+def completed_any_round(out: Path) -> bool:
+    """Whether the run in ``out`` finished a round (a checkpoint, or a round >= 1 in its records)."""
+    folder = out / CHECKPOINT_DIR
+    if (folder / META_FILE).is_file():
+        return True
+    try:
+        return any(line.strip() and json.loads(line).get("round", 0) >= 1
+                   for line in (folder / RECORDS_FILE).read_text().splitlines())
+    except (OSError, ValueError):
+        return False
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -104,11 +130,12 @@ class Experiment:
 
     def __init__(self, cfg: RunConfig, out: Path, resume: bool = False,
                  cluster_resources: dict[str, float] | None = None, worker_options: dict | None = None,
-                 driver_options: dict | None = None):
+                 driver_options: dict | None = None, input_warnings: list[str] | None = None):
 
         from orchestrator.driver import DriverActor
 
         self.cfg, self.out = cfg, out
+        self.input_warnings = list(input_warnings or [])  # pre-flight warnings, kept in summary.json
         self.fingerprint = cfg.fingerprint()
         records: list[dict[str, Any]] = []
         start_state = None
@@ -205,16 +232,21 @@ class Experiment:
                    "seconds": self.startup_seconds + self.session_round_seconds + time.perf_counter() - t0}
         summary = summarize(self.all_records, self.cfg.to_dict(), self.fingerprint, wall,
                             self.description["num_workers"], session, data=self.description["data"])
+        summary["warnings"] = self.input_warnings
         write_summary(self.out, summary)
         return summary
 
-    def close(self) -> None:
-        """Stop the driver and its workers."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the driver and its workers (``wait=False``: kill them now, e.g. on Ctrl-C mid-round)."""
         import ray
 
+        if getattr(self, "_closed", False):
+            return
+        self._closed = True
         try:
-            remote.get(self.driver.shutdown.remote())
-            ray.kill(self.driver)
+            if wait:  # the driver's calls run in order: this waits for a round in progress
+                remote.get(self.driver.shutdown.remote())
+            ray.kill(self.driver)  # its worker actors die with it (Ray kills the actors an actor owns)
         except Exception:  # noqa: BLE001 - already gone
             pass
 
@@ -266,6 +298,9 @@ def run(cfg: RunConfig, out: Path, resume: bool = False, log: Callable[[str], No
                  "startup); " if "overhead_ratio" in summary else "")
         log(f"done: final {summary['final'].get('accuracy', summary['final'].get('rouge_l'))}; {ratio}files in {out}")
         return summary
+    except KeyboardInterrupt:
+        exp.close(wait=False)
+        raise
     finally:
         exp.close()
 
@@ -305,37 +340,51 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray instance (default: all)")
     parser.add_argument("--print-config", action="store_true",
                         help="print the fully resolved config (every option with its value) and exit")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     if args.print_config:
         try:
             print(yaml.safe_dump(load_config(args.config, args.overrides).to_dict(), sort_keys=False), end="")
-        except (ValueError, FileNotFoundError) as err:
-            print(f"error: {err}", file=sys.stderr)
+        except Exception as err:  # noqa: BLE001 - a message, the traceback only with --debug
+            report_failure(err, None, args.debug)
             return 2
         return 0
     try:
-        if args.config:
-            cfg = load_config(args.config, args.overrides)
-        elif args.resume and args.overrides:  # overrides on top of the saved config (e.g. more rounds)
-            cfg = load_config(Path(args.resume) / RUN_MARKER, args.overrides)
-        else:
-            cfg = load_config(None, args.overrides) if args.overrides else None
+        with input_warnings() as notes:
+            cfg = _cli_config(args)
         if args.resume and args.out and Path(args.out) != Path(args.resume):
             raise RunSetupError("--resume DIR continues the run in DIR; drop --out or make it the same folder")
         out = Path(args.resume or args.out or "")
         if not args.resume and not args.out:
             raise RunSetupError("--out DIR is required")
-        cfg = prepare_out_dir(out, cfg, bool(args.resume), args.overwrite)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        cluster = None if args.address else local_cluster_resources(args.num_cpus)
+        if cfg is not None:  # checked before the output folder is touched
+            notes += check_run(cfg, cluster)
+        check_output_folder(out)
+        checked, cfg = cfg is not None, prepare_out_dir(out, cfg, bool(args.resume), args.overwrite)
+        notes += [] if checked else check_run(cfg, cluster)
+    except Exception as err:  # noqa: BLE001 - a message, the traceback only with --debug
+        report_failure(err, None, args.debug)
         return 2
-    init_ray(args.address, args.num_cpus)
-    try:
-        run(cfg, out, resume=bool(args.resume))
-    except (ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+
+    def body() -> None:
+        import ray
+
+        check_resources(cfg, ray.cluster_resources())
+        run(cfg, out, resume=bool(args.resume), input_warnings=notes)
+
+    return run_guarded(lambda: init_ray(args.address, args.num_cpus), body, out, args.debug)
+
+
+def _cli_config(args: argparse.Namespace) -> RunConfig | None:
+    """The config the command line asks for (``None``: the saved one of ``--resume DIR``)."""
+    if args.config:
+        return load_config(args.config, args.overrides)
+    if args.resume and args.overrides:  # overrides on top of the saved config (e.g. more rounds)
+        return load_config(Path(args.resume) / RUN_MARKER, args.overrides)
+    return load_config(None, args.overrides) if args.overrides else None
 
 
 if __name__ == "__main__":

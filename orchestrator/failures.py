@@ -1,0 +1,119 @@
+"""What the command line prints when a run stops early: a few lines, no traceback, and how to go on.
+
+:func:`report_failure` turns any exception into ``error: <message>`` (the project's errors carry the field
+and the allowed values; an ``OSError`` while writing the run folder says which file and why, e.g. a full
+or read-only disk), and, when the run folder holds a checkpoint, the round it holds and the exact command
+that resumes it. :func:`report_interrupt` does the same for Ctrl-C / SIGTERM. ``--debug`` adds the full
+traceback (with the remote one of a Ray actor).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import shlex
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+from orchestrator.checkpoint import META_FILE
+
+PROJECT_PACKAGES = ("core", "workers", "orchestrator", "analysis", "sweeps")
+DISK_ERRNOS = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only",
+               errno.EACCES: "permission denied", errno.EDQUOT: "the disk quota is exceeded",
+               errno.EFBIG: "the file is larger than allowed", errno.ENOTDIR: "a part of the path is a file",
+               errno.EISDIR: "it is a folder"}
+
+
+def checkpoint_round(out: Path) -> int | None:
+    """The round of the whole checkpoint in ``out/checkpoint`` (``None`` when there is none)."""
+    try:
+        return int(json.loads((out / "checkpoint" / META_FILE).read_text())["round"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def resume_command(out: Path) -> str:
+    """``python -m orchestrator.run --resume DIR`` (DIR quoted for the shell)."""
+    return f"python -m orchestrator.run --resume {shlex.quote(str(out))}"
+
+
+def describe(err: BaseException) -> str:
+    """One message for the user: the exception's own text; a disk error says what could not be written and why."""
+    if isinstance(err, OSError) and err.errno in DISK_ERRNOS:
+        target = err.filename or "a file of the run"
+        return f"could not write {str(target)!r}: {DISK_ERRNOS[err.errno]} ({err.strerror})"
+    text = str(err)
+    if isinstance(err, ValueError | FileNotFoundError) or type(err).__module__.split(".")[0] in PROJECT_PACKAGES:
+        return text or type(err).__name__
+    return f"{type(err).__name__}: {text}"
+
+
+def resume_lines(out: Path | None, command: Callable[[Path], str] = resume_command) -> list[str]:
+    """Where the run stands on disk and how to continue it (nothing when no round was checkpointed)."""
+    if out is None:
+        return []
+    done = checkpoint_round(out)
+    if done is None:
+        return []
+    return [f"the last checkpoint (round {done}) in {out} is whole; resume with:", f"  {command(out)}"]
+
+
+def report_failure(err: BaseException, out: Path | None, debug: bool = False,
+                   command: Callable[[Path], str] = resume_command) -> None:
+    """Print ``error: ...`` (+ the resume hint, + the traceback with ``debug``) to stderr."""
+    if debug:
+        traceback.print_exception(err, file=sys.stderr)
+    print(f"error: {describe(err)}", file=sys.stderr)
+    for line in resume_lines(out, command):
+        print(line, file=sys.stderr)
+    if not debug and not _is_input_error(err):
+        print("(run again with --debug for the full traceback)", file=sys.stderr)
+
+
+def report_interrupt(err: BaseException, out: Path | None, command: Callable[[Path], str] = resume_command) -> None:
+    """Print that the run stopped (which signal) and how to resume it."""
+    reason = str(err) or "stopped by Ctrl-C"
+    print(f"\ninterrupted ({reason}); the Ray processes of this run were stopped", file=sys.stderr)
+    lines = resume_lines(out, command)
+    for line in lines or ["no round was checkpointed yet; run the same command again to start over"]:
+        print(line, file=sys.stderr)
+
+
+def _is_input_error(err: BaseException) -> bool:
+    """Errors whose message is the whole story (bad input named by field); no traceback hint for them."""
+    return isinstance(err, ValueError | FileNotFoundError) or (isinstance(err, OSError) and err.errno in DISK_ERRNOS)
+
+
+def run_guarded(start: Callable[[], None], body: Callable[[], None], out: Path | None, debug: bool = False,
+                command: Callable[[Path], str] = resume_command) -> int:
+    """Run ``start()`` (Ray's start-up) then ``body()`` with Ctrl-C/SIGTERM handling; returns the exit code.
+
+    ``body`` runs under :func:`orchestrator.signals.stop_on_signals` (installed after ``start``, because
+    ``ray.init`` installs its own SIGTERM handler); Ray is shut down afterwards in every case, so a local
+    instance leaves no process behind. An interrupt prints the resume hint and returns ``128 + signum``; an
+    error prints :func:`report_failure` and returns 1.
+    """
+    import ray
+
+    from orchestrator.signals import exit_code, stop_on_signals
+
+    try:
+        try:
+            start()
+            with stop_on_signals():
+                try:
+                    body()
+                finally:
+                    ray.shutdown()
+        finally:
+            if ray.is_initialized():  # interrupted before the signal handlers were installed
+                ray.shutdown()
+    except KeyboardInterrupt as err:
+        report_interrupt(err, out, command)
+        return exit_code(err) if hasattr(err, "signum") else 130
+    except Exception as err:  # noqa: BLE001 - every error ends in a message, the traceback only with --debug
+        report_failure(err, out, debug, command)
+        return 1
+    return 0
