@@ -60,24 +60,22 @@ def resume_lines(out: Path | None, command: Callable[[Path], str] = resume_comma
     return [f"the last checkpoint (round {done}) in {out} is whole; resume with:", f"  {command(out)}"]
 
 
-def report_failure(err: BaseException, out: Path | None, debug: bool = False,
-                   command: Callable[[Path], str] = resume_command) -> None:
-    """Print ``error: ...`` (+ the resume hint, + the traceback with ``debug``) to stderr."""
+def report_failure(err: BaseException, hint: list[str] | None = None, debug: bool = False) -> None:
+    """Print ``error: ...`` (then the ``hint`` lines, e.g. :func:`resume_lines`; the traceback with ``debug``)."""
     if debug:
         traceback.print_exception(err, file=sys.stderr)
     print(f"error: {describe(err)}", file=sys.stderr)
-    for line in resume_lines(out, command):
+    for line in hint or []:
         print(line, file=sys.stderr)
     if not debug and not _is_input_error(err):
         print("(run again with --debug for the full traceback)", file=sys.stderr)
 
 
-def report_interrupt(err: BaseException, out: Path | None, command: Callable[[Path], str] = resume_command) -> None:
+def report_interrupt(err: BaseException, hint: list[str] | None = None) -> None:
     """Print that the run stopped (which signal) and how to resume it."""
     reason = str(err) or "stopped by Ctrl-C"
     print(f"\ninterrupted ({reason}); the Ray processes of this run were stopped", file=sys.stderr)
-    lines = resume_lines(out, command)
-    for line in lines or ["no round was checkpointed yet; run the same command again to start over"]:
+    for line in hint or ["no round was checkpointed yet; run the same command again to start over"]:
         print(line, file=sys.stderr)
 
 
@@ -86,18 +84,18 @@ def _is_input_error(err: BaseException) -> bool:
     return isinstance(err, ValueError | FileNotFoundError) or (isinstance(err, OSError) and err.errno in DISK_ERRNOS)
 
 
-def run_guarded(start: Callable[[], None], body: Callable[[], None], out: Path | None, debug: bool = False,
-                command: Callable[[Path], str] = resume_command) -> int:
+def run_guarded(start: Callable[[], None], body: Callable[[], None], hint: Callable[[], list[str]],
+                debug: bool = False) -> int:
     """Run ``start()`` (Ray's start-up) then ``body()`` with Ctrl-C/SIGTERM handling; returns the exit code.
 
     ``body`` runs under :func:`orchestrator.signals.stop_on_signals` (installed after ``start``, because
     ``ray.init`` installs its own SIGTERM handler); Ray is shut down afterwards in every case, so a local
-    instance leaves no process behind. An interrupt prints the resume hint and returns ``128 + signum``; an
-    error prints :func:`report_failure` and returns 1.
+    instance leaves no process behind. An interrupt prints ``hint()`` (how to resume) and returns
+    ``128 + signum``; an error prints :func:`report_failure` with the hint and returns 1.
     """
     import ray
 
-    from orchestrator.signals import exit_code, stop_on_signals
+    from orchestrator.signals import as_interrupt, exit_code, stop_on_signals
 
     try:
         try:
@@ -111,9 +109,10 @@ def run_guarded(start: Callable[[], None], body: Callable[[], None], out: Path |
             if ray.is_initialized():  # interrupted before the signal handlers were installed
                 ray.shutdown()
     except KeyboardInterrupt as err:
-        report_interrupt(err, out, command)
-        return exit_code(err) if hasattr(err, "signum") else 130
+        interrupt = as_interrupt(err)
+        report_interrupt(interrupt, hint())
+        return exit_code(interrupt)
     except Exception as err:  # noqa: BLE001 - every error ends in a message, the traceback only with --debug
-        report_failure(err, out, debug, command)
+        report_failure(err, hint(), debug)
         return 1
     return 0

@@ -44,7 +44,7 @@ from orchestrator.checkpoint import (
     write_records,
 )
 from orchestrator.config import RunConfig, build, load_config
-from orchestrator.failures import report_failure, run_guarded
+from orchestrator.failures import report_failure, resume_lines, run_guarded
 from orchestrator.outputs import (
     RUN_MARKER,
     ExampleFiles,
@@ -61,6 +61,7 @@ from orchestrator.preflight import (
     input_warnings,
     local_cluster_resources,
 )
+from orchestrator.signals import exit_process
 
 CHECKPOINT_DIR = "checkpoint"
 EXAMPLES_DIR = "examples"
@@ -324,7 +325,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+        # "local": a new instance even when `ray start` runs on this machine (ray.init() would join that one)
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -346,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             print(yaml.safe_dump(load_config(args.config, args.overrides).to_dict(), sort_keys=False), end="")
         except Exception as err:  # noqa: BLE001 - a message, the traceback only with --debug
-            report_failure(err, None, args.debug)
+            report_failure(err, debug=args.debug)
             return 2
         return 0
     try:
@@ -364,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
         checked, cfg = cfg is not None, prepare_out_dir(out, cfg, bool(args.resume), args.overwrite)
         notes += [] if checked else check_run(cfg, cluster)
     except Exception as err:  # noqa: BLE001 - a message, the traceback only with --debug
-        report_failure(err, None, args.debug)
+        report_failure(err, debug=args.debug)
         return 2
     for note in notes:
         print(f"warning: {note}", file=sys.stderr)
@@ -375,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         check_resources(cfg, ray.cluster_resources())
         run(cfg, out, resume=bool(args.resume), input_warnings=notes)
 
-    return run_guarded(lambda: init_ray(args.address, args.num_cpus), body, out, args.debug)
+    return run_guarded(lambda: init_ray(args.address, args.num_cpus), body, lambda: resume_lines(out), args.debug)
 
 
 def _cli_config(args: argparse.Namespace) -> RunConfig | None:
@@ -388,4 +390,4 @@ def _cli_config(args: argparse.Namespace) -> RunConfig | None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

@@ -52,11 +52,44 @@ def stop_on_signals() -> Iterator[None]:
             signal.signal(s, handler)
 
 
+def received() -> int | None:
+    """The first signal :func:`stop_on_signals` caught.
+
+    Ray's ``ray.get`` turns the handler's exception into a plain ``KeyboardInterrupt``, so the caller asks
+    here which signal it was.
+    """
+    return _State.received[0] if _State.received else None
+
+
 def forward_sigterm_as_sigint() -> None:
     """From now on SIGTERM raises SIGINT in this process (whatever SIGINT handler is current then)."""
     signal.signal(signal.SIGTERM, lambda signum, frame: signal.raise_signal(signal.SIGINT))
 
 
+def as_interrupt(err: KeyboardInterrupt) -> RunInterrupted:
+    """``err`` as a :class:`RunInterrupted` naming the signal that caused it (SIGINT when unknown)."""
+    if isinstance(err, RunInterrupted):
+        return err
+    return RunInterrupted(received() or signal.SIGINT)
+
+
 def exit_code(err: RunInterrupted) -> int:
     """The shell's convention for a process ended by a signal: ``128 + signum`` (130 for Ctrl-C)."""
     return 128 + err.signum
+
+
+def exit_process(code: int) -> None:
+    """End the command-line process with ``code``; after an interrupt (``code >= 128``) at once.
+
+    By then Ray is shut down and every file is closed; what is left is the interpreter's teardown of the
+    native state of Ray's client and torch, measured at 5-16 s on a busy 2-core machine, which would make
+    Ctrl-C look ignored. ``os._exit`` skips it (stdout and stderr are flushed first).
+    """
+    import os
+    import sys
+
+    if code >= 128:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)

@@ -187,7 +187,8 @@ def run_trial(config: dict[str, Any], sweep_dir: str, plan: dict[str, dict[str, 
     exp = None
     try:
         tune_round = _tune_checkpoint_round()
-        exp = Experiment(cfg, out, resume=True, cluster_resources=entry["cluster_resources"])
+        exp = Experiment(cfg, out, resume=True, cluster_resources=entry["cluster_resources"],
+                         input_warnings=entry.get("warnings"))
         state["setup_seconds"] = time.perf_counter() - t0
         state["data_notes"] = exp.data_notes  # printed once on the sweep's console by SweepProgress
         if tune_round is not None and tune_round > exp.completed:

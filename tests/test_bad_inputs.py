@@ -179,3 +179,51 @@ def test_rank_above_a_layer_width_warns():
     assert check_run(load_config(SMOKE, ["ranks.max_rank=32", "ranks.mid_rank=2"])) == []
     notes = check_run(load_config(SMOKE, ["ranks.max_rank=40", "ranks.mid_rank=2"]))
     assert len(notes) == 1 and "ranks.max_rank=40" in notes[0] and "v_proj" in notes[0] and "(32, 64)" in notes[0]
+
+
+# ------------------------------------------------------------------------------- the output folder
+def test_a_run_that_never_finished_a_round_does_not_block_the_corrected_command(tmp_path):
+    from orchestrator.run import RunSetupError, prepare_out_dir
+
+    out = tmp_path / "run"
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "config.yaml").write_text("rounds: 3\nfingerprint: abc\n")
+    (out / "checkpoint" / "records.jsonl").write_text('{"round": 0, "rouge_l": 0.0}\n{"round": 1, "rou')
+    cfg = load_config(SMOKE)
+    assert prepare_out_dir(out, cfg, resume=False, overwrite=False) is cfg and not out.exists()
+    # a run with a finished round is kept
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "config.yaml").write_text("rounds: 3\nfingerprint: abc\n")
+    (out / "checkpoint" / "records.jsonl").write_text('{"round": 0}\n{"round": 1}\n')
+    with pytest.raises(RunSetupError, match="already holds files of another run"):
+        prepare_out_dir(out, cfg, resume=False, overwrite=False)
+
+
+def test_a_disk_error_mid_run_names_the_file_and_the_resume_command(tmp_path, capsys):
+    import errno
+
+    from orchestrator.failures import report_failure, resume_lines
+
+    out = tmp_path / "run"
+    (out / "checkpoint").mkdir(parents=True)
+    (out / "checkpoint" / "state.json").write_text('{"round": 4}')
+    err = OSError(errno.ENOSPC, "No space left on device", str(out / "rounds.csv"))
+    report_failure(err, resume_lines(out))
+    text = capsys.readouterr().err
+    assert text.splitlines() == [
+        f"error: could not write {str(out / 'rounds.csv')!r}: the disk is full (No space left on device)",
+        f"the last checkpoint (round 4) in {out} is whole; resume with:",
+        f"  python -m orchestrator.run --resume {out}"]
+
+
+def test_sweep_refuses_a_bad_trial_before_ray_starts(tmp_path, capsys):
+    from sweeps.run import main as sweep_main
+
+    spec = tmp_path / "sweep.yaml"
+    spec.write_text(f"name: bad\nbase_config: {os.path.abspath(SMOKE)}\naxes:\n  settings:\n"
+                    f"    - {{label: ok, set: {{data.partition: iid}}}}\n"
+                    f"    - {{label: broken, set: {{model.target_modules: [nope]}}}}\n")
+    assert sweep_main(["--config", str(spec), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "1 trial(s) cannot run" in err and "model.target_modules ['nope']" in err and "001-" in err, err
+    assert "Traceback" not in err and not ray.is_initialized() and not (tmp_path / "out").exists()

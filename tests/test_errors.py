@@ -104,7 +104,7 @@ def faulty_ray():
         ray.shutdown()
     client = first_sampled_client()
     os.environ[ENV] = f"{client}:1"
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield client
     ray.shutdown()
     os.environ.pop(ENV, None)
