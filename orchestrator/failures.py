@@ -89,14 +89,15 @@ def run_guarded(start: Callable[[], None], body: Callable[[], None], hint: Calla
     """Run ``start()`` (Ray's start-up) then ``body()`` with Ctrl-C/SIGTERM handling; returns the exit code.
 
     ``body`` runs under :func:`orchestrator.signals.stop_on_signals` (installed after ``start``, because
-    ``ray.init`` installs its own SIGTERM handler); Ray is shut down afterwards in every case, so a local
-    instance leaves no process behind. An interrupt prints ``hint()`` (how to resume) and returns
+    ``ray.init`` installs its own SIGTERM handler); a Ray session started here is shut down afterwards in
+    every case, so a local instance leaves no process behind. An interrupt prints ``hint()`` (how to resume) and returns
     ``128 + signum``; an error prints :func:`report_failure` with the hint and returns 1.
     """
     import ray
 
     from orchestrator.signals import as_interrupt, exit_code, stop_on_signals
 
+    owned = not ray.is_initialized()  # a Ray session of the caller's (a notebook, a test) is left running
     try:
         try:
             start()
@@ -104,9 +105,10 @@ def run_guarded(start: Callable[[], None], body: Callable[[], None], hint: Calla
                 try:
                     body()
                 finally:
-                    ray.shutdown()
+                    if owned:
+                        ray.shutdown()
         finally:
-            if ray.is_initialized():  # interrupted before the signal handlers were installed
+            if owned and ray.is_initialized():  # interrupted before the signal handlers were installed
                 ray.shutdown()
     except KeyboardInterrupt as err:
         interrupt = as_interrupt(err)

@@ -201,7 +201,8 @@ def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec
                           "sweep_seconds": wall, "max_concurrent": max_concurrent, "driver_cpus": driver_cpus,
                           "cluster": {k: cluster.get(k, 0.0) for k in ("CPU", "GPU")}, "statuses": counts,
                           "trial_seconds_sum": float(table["wall_seconds"].fillna(0).sum())})
-    log(f"sweep {spec.name!r} finished in {wall:.1f} s: {counts}\n{format_trials(table)}\n"
+    ended = "finished" if table["status"].isin(["completed", "error"]).all() else "stopped"
+    log(f"sweep {spec.name!r} {ended} after {wall:.1f} s: {counts}\n{format_trials(table)}\n"
         f"tables: {out / 'results.parquet'}, {out / 'trials.parquet'}")
     if not table["status"].isin(["completed", "error"]).all():
         unfinished = int((~table["status"].isin(["completed", "error"])).sum())

@@ -99,12 +99,14 @@ def test_sigterm_stops_a_sweep_with_the_resume_command(tmp_path):
     from ray import tune
 
     out = tmp_path / "sweep"
-    proc, tag = spawn("sweeps.run", "--config", "configs/sweeps/tiny_smoke.yaml", "--out", str(out), "--num-cpus",
-                      "2", "--set", "rounds=500", "--summary-every", "1000")
+    spec = tmp_path / "one_trial.yaml"
+    spec.write_text(f"name: one\nbase_config: {REPO / SMOKE}\nbase: {{resources: {{num_workers: 1}}}}\n")
+    proc, tag = spawn("sweeps.run", "--config", str(spec), "--out", str(out), "--num-cpus", "2", "--set",
+                      "rounds=500", "--summary-every", "1000")
     wait_for(lambda: any((out / "trials").glob("*/checkpoint/state.json")), 240, proc)
     code, text, seconds = stop(proc, tag, signal.SIGTERM)
     print(f"stopped in {seconds:.1f} s:\n{text[-1500:]}")
-    assert code == 130 and "Traceback" not in text
+    assert code == 130 and "Traceback" not in text and "stopped after" in text
     assert f"python -m sweeps.run --resume {out}" in text and "Tuner.restore" not in text
     assert tagged_processes(tag) == [] and seconds < 30
     for state in (out / "trials").glob("*/checkpoint/state.json"):
