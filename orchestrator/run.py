@@ -7,7 +7,8 @@
 Writes ``DIR/config.yaml`` (fully resolved), ``rounds.csv``, ``clients.csv``, ``similarity.csv``,
 ``partition.csv``, ``examples.parquet``, ``summary.json``, ``checkpoint/`` (every ``checkpoint_every``
 rounds) and the final global adapter in PEFT format in ``DIR/adapter/``. Every bad input fails before any
-work starts.
+work starts (:mod:`orchestrator.preflight`, before Ray starts), in a few lines (``--debug``: the traceback);
+Ctrl-C or SIGTERM stops the run at once and prints the command that resumes it (:mod:`orchestrator.failures`).
 
 Before round 1 the untrained model (the method's initial state) is evaluated once: rounds.csv's round-0
 row, round 0 of examples.parquet and ``summary.json``'s ``baselines.untrained``. Its record is the first
@@ -132,7 +133,6 @@ class Experiment:
     def __init__(self, cfg: RunConfig, out: Path, resume: bool = False,
                  cluster_resources: dict[str, float] | None = None, worker_options: dict | None = None,
                  driver_options: dict | None = None, input_warnings: list[str] | None = None):
-
         from orchestrator.driver import DriverActor
 
         self.cfg, self.out = cfg, out
@@ -365,6 +365,9 @@ def main(argv: list[str] | None = None) -> int:
         check_output_folder(out)
         checked, cfg = cfg is not None, prepare_out_dir(out, cfg, bool(args.resume), args.overwrite)
         notes += [] if checked else check_run(cfg, cluster)
+    except KeyboardInterrupt:
+        print("\ninterrupted during the checks; nothing was started", file=sys.stderr)
+        return 130
     except Exception as err:  # noqa: BLE001 - a message, the traceback only with --debug
         report_failure(err, debug=args.debug)
         return 2

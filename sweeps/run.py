@@ -11,7 +11,9 @@ fingerprint), one folder per trial in ``DIR/trials/<trial_id>/`` (an ``orchestra
 ``trial.json``), Tune's own state in ``DIR/tune/``, and at the end ``DIR/results.parquet`` (one row per
 trial x round) and ``DIR/trials.parquet`` (one row per trial). Every bad input (unknown key or method,
 empty grid, bad value in any trial, a pool that cannot fit the cluster, a folder holding another sweep)
-fails before any trial starts. On a multi-node cluster DIR must be on storage every node can write.
+fails before any trial starts; data, model and method are checked for every trial before Ray starts
+(:mod:`orchestrator.preflight`). Ctrl-C or SIGTERM stops the sweep (Tune's graceful stop) and prints the
+command that resumes it. On a multi-node cluster DIR must be on storage every node can write.
 """
 
 from __future__ import annotations
@@ -288,6 +290,9 @@ def main(argv: list[str] | None = None) -> int:
             spec, overrides, trials, out = resolve_request(args)
         cluster = None if args.address else preflight.local_cluster_resources(args.num_cpus, args.num_gpus)
         per_trial = check_trials(trials, cluster, args.driver_cpus)
+    except KeyboardInterrupt:
+        print("\ninterrupted during the checks; nothing was started", file=sys.stderr)
+        return 130
     except Exception as err:  # noqa: BLE001 - a message, the traceback only with --debug
         report_failure(err, debug=args.debug)
         return 2

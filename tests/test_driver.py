@@ -26,7 +26,7 @@ SMOKE = "configs/tiny_llama_smoke.yaml"
 def ray_session():
     os.environ["RAY_AUTH_MODE"] = "disabled"
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield
     ray.shutdown()
 
