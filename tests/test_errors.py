@@ -141,3 +141,22 @@ def test_client_failure_in_a_tune_trial_reaches_trial_json_trials_parquet_and_co
     assert expected in stored["error"]
     console = "\n".join(lines)
     assert expected in console and "RaySystemError" not in console and "deserializ" not in console.lower()
+
+
+@pytest.mark.slow
+def test_worker_restarts_during_evaluation_are_counted(faulty_ray):
+    import ray
+
+    from orchestrator.config import load_config
+    from orchestrator.driver import Driver
+
+    driver = Driver(load_config(SMOKE, ["rounds=2", "resources.num_workers=2"]))
+    try:
+        clean = driver.evaluate()
+        assert clean["worker_restarts"] == 0
+        ray.kill(driver.pool.workers[0], no_restart=True)  # dead before the evaluation's first job reaches it
+        again = driver.evaluate()
+        assert again["worker_restarts"] == 1 and driver.pool.replaced == 1
+        assert again["rouge_l"] == clean["rouge_l"] and again["eval_loss"] == clean["eval_loss"]
+    finally:
+        driver.shutdown()
