@@ -31,7 +31,7 @@ from typing import Any
 
 from safetensors.torch import load_file, save_file
 
-from core.files import atomic_write_text
+from core.files import atomic_write_text, umask
 from orchestrator.state import GlobalState
 
 META_FILE = "state.json"
@@ -46,6 +46,7 @@ def save_checkpoint(folder: Path, state: GlobalState, info: dict[str, Any]) -> N
     os.close(fd)
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in state.tensors.items()}, tmp)
+        os.chmod(tmp, 0o666 & ~umask())  # safetensors writes its own file: give it the user's umask after
         os.replace(tmp, folder / name)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from core.plugins import check_plugins, load_plugins, resolve_plugin
 from core.validation import check_int
 from orchestrator.method_config import MethodConfig
@@ -26,6 +24,7 @@ from orchestrator.methods.registry import check_method_name
 from orchestrator.ranks import RankConfig
 from orchestrator.system_model import SystemConfig
 from orchestrator.trackers import LoggingConfig
+from orchestrator.yaml_io import load_yaml
 from workers.data_config import DataConfig
 from workers.models import ModelConfig
 from workers.resources import ResourceConfig
@@ -193,7 +192,7 @@ def _split_override(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise ValueError(f"--set expects key=value; got {text!r}")
     key, raw = text.split("=", 1)
-    return key.strip(), yaml.safe_load(raw) if raw.strip() else None
+    return key.strip(), load_yaml(raw, f"--set {text}") if raw.strip() else None
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
@@ -207,7 +206,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         p = Path(path)
         if not p.is_file():
             raise FileNotFoundError(f"config file {str(p)!r} does not exist")
-        data = yaml.safe_load(p.read_text()) or {}
+        data = load_yaml(p.read_text(), f"config file {str(p)!r}") or {}
         if not isinstance(data, dict):
             raise ValueError(f"config file {str(p)!r} must hold a mapping of options")
         data.pop("fingerprint", None)  # a run's saved config.yaml carries its fingerprint

@@ -32,6 +32,7 @@ from orchestrator.config import RunConfig
 from orchestrator.methods import FederatedMethod, build_method
 from orchestrator.metrics import module_cosine_similarity, noise_metrics, round_bytes
 from orchestrator.pool import Job, WorkerPool
+from orchestrator.preflight import similarity_module
 from orchestrator.ranks import assign_ranks
 from orchestrator.state import GlobalState
 from orchestrator.system_model import RoundPlan, SystemModel, job_work
@@ -170,6 +171,7 @@ class Driver:
         if self.round % cfg.eval_every == 0 or self.round == cfg.rounds:
             record.update(self.evaluate())
         t_eval = time.perf_counter() - t0
+        eval_restarts = record.pop("worker_restarts", 0)
 
         n_total = sum(u.n_examples for u in updates)
         record["train_loss"] = (sum(u.train_loss * u.n_examples for u in updates) / n_total
@@ -179,7 +181,8 @@ class Driver:
             mean_rank=sum(s.rank for s in starts) / len(starts),
             t_client_compute_sum=sum(compute), t_client_compute_max=max(compute), t_train_wall=t_train,
             t_client_starts=t_starts, t_aggregate=t_aggregate, t_metrics=t_metrics, t_eval=t_eval,
-            t_round=time.perf_counter() - t_start, worker_restarts=sum(r.restarts for r in results))
+            t_round=time.perf_counter() - t_start,
+            worker_restarts=sum(r.restarts for r in results) + eval_restarts)
         record["client_rows"] = [
             {"round": t + 1, "client": u.client_id, "rank": s.rank, "n_examples": u.n_examples,
              "train_loss": u.train_loss, "steps": u.steps, "compute_seconds": u.compute_seconds,
@@ -228,7 +231,8 @@ class Driver:
         per-example rows as columns (``workers.eval_results.example_rows``: scope ``global`` with client -1,
         then ``personal`` per client in client order). The global test set is split into one shard of whole
         batches per worker (``workers.eval_results``), so evaluation uses every worker and its metrics and
-        rows are identical for any number of workers.
+        rows are identical for any number of workers. ``worker_restarts``: jobs of this evaluation re-run
+        because their worker died (a training round adds them to its own count).
         """
         state = self.state if state is None else state
         round_idx = self.round if round_idx is None else round_idx
@@ -243,7 +247,8 @@ class Driver:
                 if personal is not None:
                     personal_ids.append(c)
                     jobs.append(Job("evaluate_shard", (personal, head, c), f"personalized evaluation of client {c}"))
-        results = [r.value for r in self.pool.run(jobs)]
+        done = self.pool.run(jobs)
+        results = [r.value for r in done]
         shard_results, personal_results = results[: len(shards)], results[len(shards):]
         renamed = {"loss": "eval_loss", "n_examples": "eval_examples"}
         out: dict[str, Any] = {renamed.get(k, k): v for k, v in combine(shard_results).items()}
@@ -255,6 +260,7 @@ class Driver:
         blocks = [("global", -1, shard_results)]
         blocks += [("personal", c, [p]) for c, p in zip(personal_ids, personal_results)]
         out["examples"] = example_rows(blocks, round_idx)
+        out["worker_restarts"] = sum(r.restarts for r in done)  # workers that died during this evaluation
         return out
 
     def evaluate_initial(self) -> dict[str, Any]:
@@ -269,17 +275,7 @@ class Driver:
 
     # -------------------------------------------------------------------------------------------- metrics
     def _similarity_module(self) -> str | None:
-        name = self.cfg.metrics.similarity_module
-        if name is None:
-            return None
-        names = [m.name for m in self.modules]
-        if name == "":
-            return names[0]
-        matches = [n for n in names if n == name or n.endswith("." + name)]
-        if not matches:
-            raise ValueError(f"metrics.similarity_module={name!r} is not a target module; choose one of "
-                             f"{names[:6]}{'...' if len(names) > 6 else ''}")
-        return matches[0]
+        return similarity_module(self.cfg.metrics.similarity_module, [m.name for m in self.modules])
 
     def _similarity(self, starts: list[ClientStart], updates: list[ClientUpdate]) -> list[list[float]] | None:
         m = self.similarity_module

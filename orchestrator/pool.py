@@ -25,12 +25,20 @@ from orchestrator.broadcast import DEFAULT_MIN_BYTES, BroadcastStats, share_tens
 
 
 class ClientJobError(RuntimeError):
-    """A client job failed inside a worker (bad data, out of memory, a bug): names the job and the cause."""
+    """A client job failed inside a worker (bad data, out of memory, a bug): names the job and the cause.
+
+    The message is ``"<label> failed: <CauseType>: <cause>"``, e.g. ``"client 3 in round 2 failed: ValueError:
+    ..."``. ``args`` are the constructor's own arguments, so the error survives pickling (it is raised inside
+    the Driver, which is a Ray actor in every sweep trial, and crosses that process boundary).
+    """
 
     def __init__(self, label: str, cause: BaseException):
-        super().__init__(f"{label} failed: {type(cause).__name__}: {cause}")
+        super().__init__(label, cause)
         self.label = label
         self.cause = cause
+
+    def __str__(self) -> str:
+        return f"{self.label} failed: {type(self.cause).__name__}: {self.cause}"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,8 @@
 Writes ``DIR/config.yaml`` (fully resolved), ``rounds.csv``, ``clients.csv``, ``similarity.csv``,
 ``partition.csv``, ``examples.parquet``, ``summary.json``, ``checkpoint/`` (every ``checkpoint_every``
 rounds) and the final global adapter in PEFT format in ``DIR/adapter/``. Every bad input fails before any
-work starts.
+work starts (:mod:`orchestrator.preflight`, before Ray starts), in a few lines (``--debug``: the traceback);
+Ctrl-C or SIGTERM stops the run at once and prints the command that resumes it (:mod:`orchestrator.failures`).
 
 Before round 1 the untrained model (the method's initial state) is evaluated once: rounds.csv's round-0
 row, round 0 of examples.parquet and ``summary.json``'s ``baselines.untrained``. Its record is the first
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import shutil
 import sys
@@ -34,8 +36,10 @@ from typing import Any
 
 import yaml
 
+from orchestrator import remote
 from orchestrator.checkpoint import (
     META_FILE,
+    RECORDS_FILE,
     append_record,
     load_checkpoint,
     read_records,
@@ -43,6 +47,7 @@ from orchestrator.checkpoint import (
     write_records,
 )
 from orchestrator.config import RunConfig, build, load_config
+from orchestrator.failures import report_failure, resume_lines, run_guarded
 from orchestrator.outputs import (
     RUN_MARKER,
     ExampleFiles,
@@ -52,7 +57,15 @@ from orchestrator.outputs import (
     write_csv,
     write_summary,
 )
+from orchestrator.preflight import (
+    check_output_folder,
+    check_resources,
+    check_run,
+    input_warnings,
+    local_cluster_resources,
+)
 from orchestrator.progress import Progress
+from orchestrator.signals import exit_process
 from orchestrator.trackers import TRACKERS, RunTrackers, check_installed
 
 CHECKPOINT_DIR = "checkpoint"
@@ -81,12 +94,28 @@ def prepare_out_dir(out: Path, cfg: RunConfig | None, resume: bool, overwrite: b
         return cfg or saved
     if cfg is None:
         raise RunSetupError("--config or --set is required unless --resume is given")
+    if out.exists() and not out.is_dir():
+        raise RunSetupError(f"--out {str(out)!r} is a file; give a folder (new or empty)")
+    if marker.is_file() and not completed_any_round(out):
+        shutil.rmtree(out)  # a run that stopped before its first round: nothing of value, never blocks a new one
     if marker.exists() or (out.exists() and any(out.iterdir())):
         if not overwrite:
             raise RunSetupError(f"--out {str(out)!r} already holds files of another run; pass --resume {out} to "
                                 "continue it or --overwrite to replace it")
         shutil.rmtree(out)
     return cfg
+
+
+def completed_any_round(out: Path) -> bool:
+    """Whether the run in ``out`` finished a round (a checkpoint, or a round >= 1 in its records)."""
+    folder = out / CHECKPOINT_DIR
+    if (folder / META_FILE).is_file():
+        return True
+    try:
+        return any(line.strip() and json.loads(line).get("round", 0) >= 1
+                   for line in (folder / RECORDS_FILE).read_text().splitlines())
+    except (OSError, ValueError):
+        return False
 
 
 def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
@@ -111,12 +140,12 @@ class Experiment:
 
     def __init__(self, cfg: RunConfig, out: Path, resume: bool = False,
                  cluster_resources: dict[str, float] | None = None, worker_options: dict | None = None,
-                 driver_options: dict | None = None, driver: Any = None):
-        import ray
-
+                 driver_options: dict | None = None, input_warnings: list[str] | None = None,
+                 driver: Any = None):
         from orchestrator.driver import DriverActor
 
         self.cfg, self.out = cfg, out
+        self.input_warnings = list(input_warnings or [])  # pre-flight warnings, kept in summary.json
         self.fingerprint = cfg.fingerprint()
         records: list[dict[str, Any]] = []
         start_state = None
@@ -140,13 +169,13 @@ class Experiment:
         self.t_start = time.perf_counter()
         if driver is not None:
             self.driver = driver
-            self.description = ray.get(driver.reset.remote(cfg, cluster_resources))
+            self.description = remote.get(driver.reset.remote(cfg, cluster_resources))
         else:
             self.driver = DriverActor.options(**(driver_options or {})).remote(cfg, cluster_resources,
                                                                                worker_options)
-            self.description = ray.get(self.driver.describe.remote())
+            self.description = remote.get(self.driver.describe.remote())
         if start_state is not None:
-            ray.get(self.driver.set_state.remote(start_state, len(self.records)))
+            remote.get(self.driver.set_state.remote(start_state, len(self.records)))
         if self.baseline is None or 0 not in self.examples.rounds():
             self.baseline = self._evaluate_initial()
         import pandas as pd
@@ -174,9 +203,7 @@ class Experiment:
 
     def _evaluate_initial(self) -> dict[str, Any]:
         """Evaluate the untrained model (round 0) and keep its rows and record (written before round 1's)."""
-        import ray
-
-        record = ray.get(self.driver.evaluate_initial.remote())
+        record = remote.get(self.driver.evaluate_initial.remote())
         self.examples.write(0, record.pop("examples"))
         write_records(self.out / CHECKPOINT_DIR, [record] + self.records)
         return record
@@ -187,10 +214,8 @@ class Experiment:
         The round's per-example rows (an evaluated round's ``examples``) go to their own file first, and are
         not part of the returned record.
         """
-        import ray
-
         t0 = time.perf_counter()
-        record = ray.get(self.driver.run_round.remote())
+        record = remote.get(self.driver.run_round.remote())
         examples = record.pop("examples", None)
         if examples is not None:
             self.examples.write(record["round"], examples)
@@ -205,19 +230,15 @@ class Experiment:
 
     def checkpoint(self) -> None:
         """Save the driver's state after the completed rounds (atomic)."""
-        import ray
-
-        state, completed = ray.get(self.driver.get_state.remote())
+        state, completed = remote.get(self.driver.get_state.remote())
         save_checkpoint(self.out / CHECKPOINT_DIR, state, {"round": completed, "fingerprint": self.fingerprint})
 
     def finish(self) -> dict[str, Any]:
         """Export the final global adapter (PEFT format), gather examples.parquet and write summary.json."""
-        import ray
-
         from workers.export import write_adapter
 
         t0 = time.perf_counter()
-        files = ray.get(self.driver.export_global.remote())
+        files = remote.get(self.driver.export_global.remote())
         write_adapter(files, self.out / "adapter")
         self.examples.gather()
         wall = time.perf_counter() - self.t_start
@@ -226,23 +247,27 @@ class Experiment:
                    "seconds": self.startup_seconds + self.session_round_seconds + time.perf_counter() - t0}
         summary = summarize(self.all_records, self.cfg.to_dict(), self.fingerprint, wall,
                             self.description["num_workers"], session, data=self.description["data"])
+        summary["warnings"] = self.input_warnings
         write_summary(self.out, summary)
         return summary
 
     def detach(self) -> Any:
         """Hand the driver actor (and its loaded workers) over for another run; :meth:`close` then keeps it."""
         driver, self.driver = self.driver, None
+        self._closed = True
         return driver
 
-    def close(self) -> None:
-        """Stop the driver and its workers (unless :meth:`detach` handed them over)."""
+    def close(self, wait: bool = True) -> None:
+        """Stop the driver and its workers (``wait=False``: kill them now, e.g. on Ctrl-C mid-round)."""
         import ray
 
-        if self.driver is None:
+        if getattr(self, "_closed", False):
             return
+        self._closed = True
         try:
-            ray.get(self.driver.shutdown.remote())
-            ray.kill(self.driver)
+            if wait:  # the driver's calls run in order: this waits for a round in progress
+                remote.get(self.driver.shutdown.remote())
+            ray.kill(self.driver)  # its worker actors die with it (Ray kills the actors an actor owns)
         except Exception:  # noqa: BLE001 - already gone
             pass
 
@@ -311,6 +336,9 @@ def run(cfg: RunConfig, out: Path, resume: bool = False, log: Callable[[str], No
                  "startup); " if "overhead_ratio" in summary else "")
         log(f"done: final {summary['final'].get('accuracy', summary['final'].get('rouge_l'))}; {ratio}files in {out}")
         return summary
+    except KeyboardInterrupt:
+        exp.close(wait=False)
+        raise
     finally:
         exp.close()
         if trackers is not None:
@@ -336,7 +364,8 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
     if address:
         ray.init(address=address, **kwargs)
     else:
-        ray.init(num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
+        # "local": a new instance even when `ray start` runs on this machine (ray.init() would join that one)
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -358,41 +387,59 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", action="append", default=[], choices=TRACKERS, metavar="TRACKER",
                         help=f"record the run in a tracker (repeatable): {', '.join(TRACKERS)}; offline, "
                              "in DIR/trackers unless logging.dir says otherwise")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     if args.print_config:
         try:
             print(yaml.safe_dump(load_config(args.config, args.overrides, args.plugin).to_dict(), sort_keys=False),
                   end="")
-        except (ValueError, FileNotFoundError) as err:
-            print(f"error: {err}", file=sys.stderr)
+        except Exception as err:  # noqa: BLE001 - a message, the traceback only with --debug
+            report_failure(err, debug=args.debug)
             return 2
         return 0
     try:
-        if args.config:
-            cfg = load_config(args.config, args.overrides, args.plugin)
-        elif args.resume and (args.overrides or args.plugin):  # on top of the saved config (e.g. more rounds)
-            cfg = load_config(Path(args.resume) / RUN_MARKER, args.overrides, args.plugin)
-        else:
-            cfg = load_config(None, args.overrides, args.plugin) if args.overrides or args.plugin else None
+        with input_warnings() as notes:
+            cfg = _cli_config(args)
         if args.resume and args.out and Path(args.out) != Path(args.resume):
             raise RunSetupError("--resume DIR continues the run in DIR; drop --out or make it the same folder")
         out = Path(args.resume or args.out or "")
         if not args.resume and not args.out:
             raise RunSetupError("--out DIR is required")
-        cfg = prepare_out_dir(out, cfg, bool(args.resume), args.overwrite)
+        cluster = None if args.address else local_cluster_resources(args.num_cpus)
+        if cfg is not None:  # checked before the output folder is touched
+            notes += check_run(cfg, cluster)
+        check_installed(tuple(dict.fromkeys([*args.log, *(cfg.logging.trackers if cfg is not None else ())])))
+        check_output_folder(out)
+        checked, cfg = cfg is not None, prepare_out_dir(out, cfg, bool(args.resume), args.overwrite)
+        notes += [] if checked else check_run(cfg, cluster)
         cfg = dataclasses.replace(cfg, logging=cfg.logging.with_trackers(args.log))
         check_installed(cfg.logging.trackers)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print("\ninterrupted during the checks; nothing was started", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - a message, the traceback only with --debug
+        report_failure(err, debug=args.debug)
         return 2
-    init_ray(args.address, args.num_cpus)
-    try:
-        run(cfg, out, resume=bool(args.resume))
-    except (ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+
+    def body() -> None:
+        import ray
+
+        check_resources(cfg, ray.cluster_resources())
+        run(cfg, out, resume=bool(args.resume), input_warnings=notes)
+
+    return run_guarded(lambda: init_ray(args.address, args.num_cpus), body, lambda: resume_lines(out), args.debug)
+
+
+def _cli_config(args: argparse.Namespace) -> RunConfig | None:
+    """The config the command line asks for (``None``: the saved one of ``--resume DIR``)."""
+    if args.config:
+        return load_config(args.config, args.overrides, args.plugin)
+    if args.resume and (args.overrides or args.plugin):  # on top of the saved config (e.g. more rounds)
+        return load_config(Path(args.resume) / RUN_MARKER, args.overrides, args.plugin)
+    return load_config(None, args.overrides, args.plugin) if args.overrides or args.plugin else None
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

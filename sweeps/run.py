@@ -13,7 +13,9 @@ fingerprint), one folder per trial in ``DIR/trials/<trial_id>/`` (an ``orchestra
 ``trial.json``), Tune's own state in ``DIR/tune/``, and at the end ``DIR/results.parquet`` (one row per
 trial x round) and ``DIR/trials.parquet`` (one row per trial). Every bad input (unknown key or method,
 empty grid, bad value in any trial, a pool that cannot fit the cluster, a folder holding another sweep)
-fails before any trial starts. On a multi-node cluster DIR must be on storage every node can write.
+fails before any trial starts; data, model and method are checked for every trial before Ray starts
+(:mod:`orchestrator.preflight`). Ctrl-C or SIGTERM stops the sweep (Tune's graceful stop) and prints the
+command that resumes it. On a multi-node cluster DIR must be on storage every node can write.
 """
 
 from __future__ import annotations
@@ -31,7 +33,10 @@ from typing import Any
 import yaml
 
 from core.plugins import load_plugins
+from orchestrator import preflight
+from orchestrator.failures import report_failure, run_guarded
 from orchestrator.run import init_ray
+from orchestrator.signals import exit_process, forward_sigterm_as_sigint
 from orchestrator.trackers import TRACKERS, LoggingConfig, check_installed
 from sweeps.spec import (
     SweepSpec,
@@ -144,7 +149,8 @@ def resolve_request(args: argparse.Namespace) -> tuple[SweepSpec, dict[str, Any]
 def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec], out: Path, *, resume: bool = False,
               max_concurrent: int | None = None, driver_cpus: float = 0.0, summary_every: float = 60.0,
               log: Callable[[str], None] = print, logging: LoggingConfig | None = None,
-              warm_trials: bool = True, max_failures: int = 0, placement: str = "PACK") -> Any:
+              warm_trials: bool = True, max_failures: int = 0, placement: str = "PACK",
+              input_warnings: dict[str, list[str]] | None = None) -> Any:
     """Run (or continue) the sweep in ``out`` on the connected Ray cluster; writes the result tables.
 
     ``warm_trials``: a trial runs on the workers (and loaded models) of the trial its Tune process ran before
@@ -154,7 +160,8 @@ def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec
     every trial (``PACK`` or ``SPREAD`` over the nodes).
 
     Returns the trials frame. Raises :class:`~sweeps.tune_runner.SweepResourceError` before any trial
-    starts when a trial's pool cannot fit the cluster.
+    starts when a trial's pool cannot fit the cluster. ``input_warnings``: per trial id, the pre-flight
+    warnings (:func:`check_trials`), kept in the trial's ``summary.json``.
     """
     import ray
     from ray import tune
@@ -171,6 +178,8 @@ def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec
     out = out.resolve()
     cluster = ray.cluster_resources()
     plan = plan_resources(trials, cluster, driver_cpus)
+    for tid, notes in (input_warnings or {}).items():
+        plan[tid]["warnings"] = notes
     out.mkdir(parents=True, exist_ok=True)
     if not (out / SWEEP_FILE).is_file():
         atomic_write_text(out / SWEEP_FILE, yaml.safe_dump(sweep_record(spec, overrides, trials), sort_keys=False))
@@ -212,19 +221,27 @@ def run_sweep(spec: SweepSpec, overrides: dict[str, Any], trials: list[TrialSpec
                           "sweep_seconds": wall, "max_concurrent": max_concurrent, "driver_cpus": driver_cpus,
                           "cluster": {k: cluster.get(k, 0.0) for k in ("CPU", "GPU")}, "statuses": counts,
                           "trial_seconds_sum": float(table["wall_seconds"].fillna(0).sum())})
-    log(f"sweep {spec.name!r} finished in {wall:.1f} s: {counts}\n{format_trials(table)}\n"
+    ended = "finished" if table["status"].isin(["completed", "error"]).all() else "stopped"
+    log(f"sweep {spec.name!r} {ended} after {wall:.1f} s: {counts}\n{format_trials(table)}\n"
         f"tables: {out / 'results.parquet'}, {out / 'trials.parquet'}")
     if not table["status"].isin(["completed", "error"]).all():
-        log(f"some trials did not finish; continue with: python -m sweeps.run --resume {out}")
+        unfinished = int((~table["status"].isin(["completed", "error"])).sum())
+        log(f"{unfinished} trial(s) did not finish; their last checkpoints are whole. Continue with:\n"
+            f"  {resume_command(out)}")
     return table
 
 
 class _DropTrialTracebacks(logging.Filter):
-    """Drop Tune's per-trial failure tracebacks: the progress line and ``trial.json`` carry the message."""
+    """Drop Tune's per-trial failure tracebacks and its resume hint after Ctrl-C.
+
+    The progress line and ``trial.json`` carry a trial's message; the hint names ``Tuner.restore``, and the
+    sweep prints its own command.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         msg = str(record.msg)
-        return not (msg.startswith("Trial task failed for trial") or msg.startswith("Trials did not complete"))
+        return not msg.startswith(("Trial task failed for trial", "Trials did not complete",
+                                   "Experiment has been interrupted"))  # the last one names Tune's own resume call
 
 
 def _quiet_trial_tracebacks() -> None:
@@ -291,6 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log", action="append", default=[], choices=TRACKERS, metavar="TRACKER",
                         help=f"record every trial in a tracker (repeatable): {', '.join(TRACKERS)}; offline, in "
                              "DIR/trackers unless the sweep's logging.dir says otherwise")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     args = parser.parse_args(argv)
     if args.list_presets:
         print("\n".join(available_presets()))
@@ -300,23 +318,83 @@ def main(argv: list[str] | None = None) -> int:
             raise SweepSetupError(f"--max-concurrent {args.max_concurrent} must be >= 1")
         if args.max_failures < 0:
             raise SweepSetupError(f"--max-failures {args.max_failures} must be >= 0")
-        spec, overrides, trials, out = resolve_request(args)
+        with preflight.input_warnings() as notes:
+            spec, overrides, trials, out = resolve_request(args)
         logging_config = spec.logging_config(args.log)
         check_installed(logging_config.trackers)
-    except (ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        cluster = None if args.address else preflight.local_cluster_resources(args.num_cpus, args.num_gpus)
+        per_trial = check_trials(trials, cluster, args.driver_cpus)
+    except KeyboardInterrupt:
+        print("\ninterrupted during the checks; nothing was started", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - a message, the traceback only with --debug
+        report_failure(err, debug=args.debug)
         return 2
-    init_ray(args.address, args.num_cpus, args.num_gpus, log_to_driver=args.worker_logs)
-    try:
-        table = run_sweep(spec, overrides, trials, out, resume=bool(args.resume), max_concurrent=args.max_concurrent,
-                          driver_cpus=args.driver_cpus, summary_every=args.summary_every, logging=logging_config,
-                          warm_trials=not args.cold_trials, max_failures=args.max_failures,
-                          placement=args.placement)
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0 if (table["status"] == "completed").all() else 1
+    for note in notes:
+        print(f"warning: {note}", file=sys.stderr)
+    for note in dict.fromkeys(n for ns in per_trial.values() for n in ns):
+        print(f"warning: {note} ({sum(note in ns for ns in per_trial.values())} trial(s))", file=sys.stderr)
+    per_trial = {tid: notes + ns for tid, ns in per_trial.items()}
+    tables = []
+
+    def body() -> None:
+        forward_sigterm_as_sigint()  # SIGTERM stops the sweep the way Ctrl-C does (Tune's graceful stop)
+        tables.append(run_sweep(spec, overrides, trials, out, resume=bool(args.resume),
+                                max_concurrent=args.max_concurrent, driver_cpus=args.driver_cpus,
+                                summary_every=args.summary_every, logging=logging_config,
+                                warm_trials=not args.cold_trials, max_failures=args.max_failures,
+                                placement=args.placement, input_warnings=per_trial))
+
+    code = run_guarded(lambda: init_ray(args.address, args.num_cpus, args.num_gpus, log_to_driver=args.worker_logs),
+                       body, lambda: resume_lines(out), args.debug)
+    if code or not tables:
+        return code
+    statuses = tables[0]["status"]
+    if not statuses.isin(["completed", "error"]).all():
+        return 130  # stopped by Ctrl-C / SIGTERM (Tune's graceful stop): resumable
+    return 0 if (statuses == "completed").all() else 1
+
+
+def resume_command(out: Path) -> str:
+    """``python -m sweeps.run --resume DIR`` (DIR quoted for the shell)."""
+    import shlex
+
+    return f"python -m sweeps.run --resume {shlex.quote(str(out))}"
+
+
+def resume_lines(out: Path) -> list[str]:
+    """How to continue the sweep in ``out`` (nothing when it was never started there)."""
+    if not (out / SWEEP_FILE).is_file():
+        return []
+    return ["finished trials and each unfinished trial's last checkpoint are kept; resume with:",
+            f"  {resume_command(out)}"]
+
+
+def check_trials(trials: list[TrialSpec], cluster: dict[str, float] | None, driver_cpus: float = 0.0
+                 ) -> dict[str, list[str]]:
+    """Pre-flight checks of every trial (:func:`orchestrator.preflight.check_run`) before Ray starts.
+
+    Raises one :class:`SweepSetupError` listing every trial that cannot run; returns each trial's warnings.
+    Data and model checks are shared among trials with the same data config and seed / model config.
+    """
+    from sweeps.tune_runner import plan_resources
+
+    if cluster is not None:
+        plan_resources(trials, cluster, driver_cpus)
+    cache = preflight.PreflightCache()
+    notes, errors = {}, {}
+    for t in trials:
+        try:
+            notes[t.trial_id] = preflight.check_run(t.config, None, cache)
+        except ValueError as err:
+            errors.setdefault(str(err), []).append(t.trial_id)
+    if errors:
+        lines = [f"{message}  <- {', '.join(ids[:3])}{' ...' if len(ids) > 3 else ''}"
+                 for message, ids in errors.items()]
+        raise SweepSetupError(f"{sum(map(len, errors.values()))} trial(s) cannot run (nothing was started):\n  "
+                              + "\n  ".join(lines))
+    return notes
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_process(main())

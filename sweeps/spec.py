@@ -33,16 +33,14 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
-import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from core.plugins import check_plugins, load_plugins, resolve_plugin
 from orchestrator.config import all_keys, apply_overrides, build, unknown_key_message
 from orchestrator.trackers import LoggingConfig
+from orchestrator.yaml_io import load_yaml as _load_yaml
 
 PRESET_DIR = Path(__file__).resolve().parent / "presets"
 TOP_KEYS = ("name", "description", "plugins", "base", "base_config", "metric", "focus", "axes", "logging")
@@ -106,29 +104,15 @@ class SweepSpec:
 
 
 # ------------------------------------------------------------------------------------------------ YAML
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads ``1e-3`` (no dot) as a float, as people write learning rates."""
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?(?:[eE][-+]?[0-9]+)
-                    |[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?
-                    |\.[0-9_]+(?:[eE][-+][0-9]+)?
-                    |[-+]?\.(?:inf|Inf|INF)
-                    |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
-
-
-def load_yaml(text: str) -> Any:
-    """Parse sweep YAML (``1e-3`` is a float)."""
-    return yaml.load(text, Loader=_Loader)
+def load_yaml(text: str, source: str = "sweep YAML") -> Any:
+    """Parse sweep YAML (``1e-3`` is a float; duplicate keys warn): :func:`orchestrator.yaml_io.load_yaml`."""
+    return _load_yaml(text, source)
 
 
 def _read_yaml_file(path: Path, what: str) -> dict[str, Any]:
     if not path.is_file():
         raise SweepSpecError(f"{what} {str(path)!r} does not exist")
-    data = load_yaml(path.read_text()) or {}
+    data = load_yaml(path.read_text(), str(path)) or {}
     if not isinstance(data, dict):
         raise SweepSpecError(f"{what} {str(path)!r} must hold a mapping")
     return data
@@ -411,7 +395,7 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise SweepSpecError(f"--set expects key=value; got {item!r}")
         key, raw = item.split("=", 1)
-        out[key.strip()] = load_yaml(raw) if raw.strip() else None
+        out[key.strip()] = load_yaml(raw, f"--set {item}") if raw.strip() else None
     errors = key_errors(out)
     if errors:
         raise SweepSpecError(join_errors("--set", errors))

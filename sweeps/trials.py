@@ -2,9 +2,9 @@
 
 Trials = variants x settings x grid x seeds, in that nesting order (seeds innermost). A trial's config is
 the base with its variant's, setting's, grid values, seed and then the command line's ``--set`` overrides
-applied. Every trial's full :class:`RunConfig` is built (and its method constructed on a probe module, which
-catches e.g. FedIT with heterogeneous ranks) before any trial starts; all problems are reported at once,
-each with its trial. Parsing the sweep YAML is :mod:`sweeps.spec`.
+applied. Every trial's full :class:`RunConfig` is built (and its method constructed on a probe module by
+:func:`orchestrator.preflight.probe_method`, which catches e.g. FedIT with heterogeneous ranks) before any
+trial starts; all problems are reported at once, each with its trial. Parsing the sweep YAML is :mod:`sweeps.spec`.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ from typing import Any
 
 from core.naming import slug
 from orchestrator.config import RunConfig, apply_overrides, build
+from orchestrator.preflight import probe_method
 from sweeps.spec import SweepSpec, SweepSpecError, join_errors, key_errors, method_errors
 
 
@@ -76,7 +77,7 @@ def expand(spec: SweepSpec, overrides: dict[str, Any] | None = None) -> list[Tri
         setting_label = setting.label if setting else "default"
         try:
             cfg = build(RunConfig, apply_overrides(spec.base, layers))
-            _probe_method(cfg)
+            probe_method(cfg)
         except (ValueError, TypeError) as err:
             bad.setdefault(str(err), []).append(_where(index, label, setting_label, point, seed))
             continue
@@ -106,17 +107,6 @@ def _which(where: list[str], total: int) -> str:
         return f"all {total} trials"
     shown = "; ".join(where[:3])
     return shown + (f"; and {len(where) - 3} more trials" if len(where) > 3 else "")
-
-
-def _probe_method(cfg: RunConfig) -> None:
-    """Build the trial's method on a probe module: catches method/rank mismatches before any trial starts."""
-    from core.wire import ModuleSpec
-    from orchestrator.methods import build_method
-    from orchestrator.ranks import assign_ranks
-
-    size = 4 * cfg.ranks.max_rank + 8
-    ranks = assign_ranks(cfg.ranks, cfg.data.num_clients, cfg.seed)
-    build_method(cfg.method, [ModuleSpec("probe", size, size)], ranks, cfg.ranks.max_rank, cfg.seed)
 
 
 def trial_id(index: int, label: str, setting: str, point: dict[str, Any], seed: int) -> str:

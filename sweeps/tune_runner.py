@@ -238,7 +238,8 @@ def run_trial(config: dict[str, Any], sweep_dir: str, plan: dict[str, dict[str, 
     try:
         tune_round = _tune_checkpoint_round()
         try:
-            exp = Experiment(cfg, out, resume=True, cluster_resources=entry["cluster_resources"], driver=kept)
+            exp = Experiment(cfg, out, resume=True, cluster_resources=entry["cluster_resources"], driver=kept,
+                             input_warnings=entry.get("warnings"))
         except Exception:
             if kept is not None:
                 _kill_driver(kept)

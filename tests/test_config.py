@@ -49,8 +49,9 @@ def test_zero_clients_sampled_is_an_error():
 def test_out_dir_holding_a_run_is_refused_unless_resume_or_overwrite(tmp_path):
     cfg = load_config(None, ["rounds=2"])
     out = tmp_path / "run"
-    out.mkdir()
+    (out / "checkpoint").mkdir(parents=True)
     (out / "config.yaml").write_text("rounds: 2\n")
+    (out / "checkpoint" / "state.json").write_text('{"round": 1}')  # it finished a round (else it is replaced)
     with pytest.raises(RunSetupError, match="already holds files of another run; pass --resume"):
         prepare_out_dir(out, cfg, resume=False, overwrite=False)
     assert prepare_out_dir(out, cfg, resume=False, overwrite=True) == cfg

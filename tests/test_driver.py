@@ -26,7 +26,7 @@ SMOKE = "configs/tiny_llama_smoke.yaml"
 def ray_session():
     os.environ["RAY_AUTH_MODE"] = "disabled"
     if not ray.is_initialized():
-        ray.init(num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+        ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
     yield
     ray.shutdown()
 
@@ -244,6 +244,8 @@ def test_cli_refuses_bad_input_before_work(tmp_path, capsys):
     assert "did you mean 'method.name'" in capsys.readouterr().err
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "config.yaml").write_text("rounds: 1\n")
+    (tmp_path / "busy" / "checkpoint").mkdir()  # a run with a finished round (one without is replaced)
+    (tmp_path / "busy" / "checkpoint" / "state.json").write_text('{"round": 1}')
     assert main(["--config", SMOKE, "--out", str(tmp_path / "busy")]) == 2
     assert "--overwrite" in capsys.readouterr().err
 

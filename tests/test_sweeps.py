@@ -220,7 +220,8 @@ def ray_cluster():
 
     if ray.is_initialized():  # another module's cluster: this one needs 4 CPUs and 1 logical GPU
         ray.shutdown()
-    ray.init(num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
+    ray.init(address="local", num_cpus=4, num_gpus=1, include_dashboard=False, log_to_driver=False,
+             logging_level="WARNING")  # "local": never a `ray start` cluster of this machine
     yield ray.get_runtime_context().gcs_address
     ray.shutdown()
 

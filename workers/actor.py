@@ -24,6 +24,7 @@ from torch import Tensor
 from core.wire import ClientStart, ClientUpdate, Delta, ModuleSpec
 from workers.data_config import DataConfig
 from workers.data_notes import collect_notes
+from workers.faults import check_injected_fault
 from workers.memory import release_freed_memory
 from workers.models import ModelConfig, load_model
 from workers.precision import oom_types, out_of_memory
@@ -140,6 +141,7 @@ class ClientWorker:
 
     def train(self, start: ClientStart) -> ClientUpdate:
         """Run ``start`` on its client's local train split (shared tensors resolved: ``workers.shared_args``)."""
+        check_injected_fault(start.client_id, start.round)
         key = self.shared.fold_key(start.fold)
         start = self.shared.resolve(start)
         try:

@@ -261,9 +261,9 @@ def pair_updates(starts: list[ClientStart], updates: list[ClientUpdate]) -> list
     seen: set[int] = set()
     for u in updates:
         if u.client_id not in by_id:
-            raise InvalidClientUpdate(u.client_id, "sent an update but was not started this round")
+            raise InvalidClientUpdate(u.client_id, "sent an update but was not started this round", u.round + 1)
         if u.client_id in seen:
-            raise InvalidClientUpdate(u.client_id, "sent two updates in one round")
+            raise InvalidClientUpdate(u.client_id, "sent two updates in one round", u.round + 1)
         seen.add(u.client_id)
     return [(by_id[u.client_id], u) for u in sorted(updates, key=lambda u: u.client_id)]
 
