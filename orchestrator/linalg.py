@@ -83,16 +83,23 @@ class PieceUnion:
 
     def __init__(self, d: int, k: int):
         self.d, self.k = d, k
-        self._b: list[Tensor] = []  # held pieces, float64 (d,) / (k,)
-        self._a: list[Tensor] = []
         self._keys: dict[tuple, list[int]] = {}
         self._raw: list[tuple[Tensor, Tensor]] = []  # the pieces as given (bitwise comparison)
+        self._terms: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}  # (id B, id A) -> (B, A, indices)
         self._H: Tensor | None = None
 
     def add(self, B: Tensor, A: Tensor) -> Tensor:
         """Indices ``(r,)`` of the pieces of ``B @ A`` in the union (copies of held pieces reuse their index)."""
         if B.shape[0] != self.d or A.shape[1] != self.k or B.shape[1] != A.shape[0]:
             raise ValueError(f"term B {tuple(B.shape)} / A {tuple(A.shape)} does not fit ({self.d}, {self.k})")
+        seen = self._terms.get((id(B), id(A)))
+        if seen is not None and seen[0] is B and seen[1] is A:  # the same tensors again (a shared global delta)
+            return seen[2]
+        idx = self._add_pieces(B, A)
+        self._terms[(id(B), id(A))] = (B, A, idx)
+        return idx
+
+    def _add_pieces(self, B: Tensor, A: Tensor) -> Tensor:
         fb, fa = _fingerprints(B, 0), _fingerprints(A, 1)
         out = []
         for i, key in enumerate(zip(fb, fa)):
