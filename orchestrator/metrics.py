@@ -17,6 +17,13 @@ Definitions (Fed-PLoRA paper sec. 3.1 and 3.4; DESIGN.md section 4):
   Fed-PLoRA this differs from the paper's rank-wise form when some slot is not trained by every client
   (reference notes section 5, caveat 3); that form is :func:`fedplora_rankwise_noise`.
 - Per-round values are sums over the round's clients (init noise, as the paper's ``sum_{i in [v]}``).
+
+Cost: no ``d x k`` matrix is formed for low-rank deltas. Per module, every term is split into rank-1 pieces
+held once in a :class:`~orchestrator.linalg.PieceUnion` (bitwise copies, such as Fed-PLoRA's folded and
+selected slots, are one piece, so they cancel exactly); a norm is ``sqrt(c^T H c)`` with ``H`` the elementwise
+product of the pieces' Gram matrices, computed once per module for all clients, and a QR fallback where the
+sum nearly cancels (exact to float64 rounding). Only a dense delta that does not cancel (FLoRA's aggregation
+noise: ``dW_old`` and ``dW_new`` are different dense tensors) is summed densely.
 """
 
 from __future__ import annotations
