@@ -86,7 +86,9 @@ class PieceUnion:
         self._keys: dict[tuple, list[int]] = {}
         self._raw: list[tuple[Tensor, Tensor]] = []  # the pieces as given (bitwise comparison)
         self._terms: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}  # (id B, id A) -> (B, A, indices)
+        self._blocks: list[tuple[Tensor, Tensor, Tensor]] = []  # (B, A, columns that brought new pieces)
         self._H: Tensor | None = None
+        self._Bu = self._Au = torch.zeros(0)
 
     def add(self, B: Tensor, A: Tensor) -> Tensor:
         """Indices ``(r,)`` of the pieces of ``B @ A`` in the union (copies of held pieces reuse their index)."""
@@ -101,7 +103,7 @@ class PieceUnion:
 
     def _add_pieces(self, B: Tensor, A: Tensor) -> Tensor:
         fb, fa = _fingerprints(B, 0), _fingerprints(A, 1)
-        out = []
+        out, new_cols = [], []
         for i, key in enumerate(zip(fb, fa)):
             key = (B.dtype, A.dtype, *key)
             b, a = B[:, i], A[i]
@@ -111,8 +113,11 @@ class PieceUnion:
                 found = len(self._raw)
                 self._raw.append((b, a))
                 self._keys.setdefault(key, []).append(found)
-                self._H = None
+                new_cols.append(i)
             out.append(found)
+        if new_cols:
+            self._blocks.append((B, A, torch.tensor(new_cols, dtype=torch.long)))
+            self._H = None
         return torch.tensor(out, dtype=torch.long)
 
     def __len__(self) -> int:
@@ -120,10 +125,10 @@ class PieceUnion:
 
     def gram(self) -> Tensor:
         """``H = (B_u^T B_u) * (A_u A_u^T)``, ``(M, M)`` float64."""
-        if self._H is None:
-            Bu = torch.stack([b.to(torch.float64) for b, _ in self._raw], 1)  # (d, M)
-            Au = torch.stack([a.to(torch.float64) for _, a in self._raw], 0)  # (M, k)
-            self._H = (Bu.T @ Bu) * (Au @ Au.T)
+        if self._H is None:  # pieces in index order: blocks in the order they were added
+            self._Bu = torch.cat([B.index_select(1, c).to(torch.float64) for B, _, c in self._blocks], 1)  # (d, M)
+            self._Au = torch.cat([A.index_select(0, c).to(torch.float64) for _, A, c in self._blocks], 0)  # (M, k)
+            self._H = (self._Bu.T @ self._Bu) * (self._Au @ self._Au.T)
         return self._H
 
     def norm(self, terms: list[tuple[Tensor, float]]) -> float:
@@ -142,9 +147,7 @@ class PieceUnion:
         value = _trusted_gram_value(cn @ H @ cn, cn.abs() * H.diagonal().clamp_min(0).sqrt(), self.d + self.k)
         if value is not None:
             return value
-        Bs = torch.stack([self._raw[j][0].to(torch.float64) for j in nz.tolist()], 1) * cn  # (d, m)
-        As = torch.stack([self._raw[j][1].to(torch.float64) for j in nz.tolist()], 0)  # (m, k)
-        return _qr_norm(Bs, As)
+        return _qr_norm(self._Bu[:, nz] * cn, self._Au[nz])
 
 
 def frobenius_of_factors(B: Tensor, A: Tensor) -> float:
@@ -175,7 +178,14 @@ def _qr_norm(B: Tensor, A: Tensor) -> float:
     return float((torch.linalg.qr(B, mode="r")[1] @ torch.linalg.qr(A.T, mode="r")[1].T).norm())
 
 
-def _fingerprints(t: Tensor, dim: int) -> list[int]:
-    """Order-independent integer sums of the bit patterns along ``dim`` (equal slices give equal sums)."""
+def _fingerprints(t: Tensor, dim: int, samples: int = 64) -> list[int]:
+    """Integer sums of the bit patterns of up to ``samples`` evenly spaced entries along ``dim``, per slice.
+
+    Bitwise-equal slices give equal fingerprints (a candidate key only: matches are confirmed with
+    ``torch.equal``, so a collision costs a comparison, never a wrong merge).
+    """
+    n = t.shape[dim]
+    if n > samples:
+        t = t.index_select(dim, torch.linspace(0, n - 1, samples).long())
     ints = {8: torch.int64, 4: torch.int32, 2: torch.int16}[t.element_size()]
     return t.contiguous().view(ints).sum(dim, dtype=torch.int64).tolist()
