@@ -23,9 +23,9 @@ Module shapes (``W0: d_out x k_in``, PEFT's default targets, real layer counts):
 - ``llama8b``: Llama-3.1-8B (32 layers, hidden 4096, 32 heads, 8 KV heads, head dim 128), q_proj 4096 x 4096,
   v_proj 1024 x 4096: 64 modules.
 
-The noise metrics materialize dense ``d x k`` float64 matrices per client and module (seconds per module at
-LLM shapes), so at the Llama scales they are timed on the first ``--metrics-layers`` layers (q and v) and
-scaled by ``layers / metrics_layers`` (every layer has the same shapes, so the per-layer cost is the same).
+At the Llama scales the noise metrics are timed on the first ``--metrics-layers`` layers (q and v) and scaled
+by ``layers / metrics_layers`` (every layer has the same shapes, so the per-layer cost is the same);
+``bench_scale.py`` compares them with the previous implementation.
 
 Run: ``python benchmarks/bench_server.py`` (all scales, writes benchmarks/results/server.{json,md});
 ``python benchmarks/bench_server.py --quick`` (seconds; writes to a temp folder); ``--render
@@ -61,7 +61,7 @@ from core.wire import ClientStart, ClientUpdate, ModuleSpec  # noqa: E402
 from orchestrator.linalg import factored_svd  # noqa: E402
 from orchestrator.method_config import MethodConfig  # noqa: E402
 from orchestrator.methods import available_methods, build_method, method_class  # noqa: E402
-from orchestrator.metrics import aggregation_noise, init_noise_function, init_noise_param  # noqa: E402
+from orchestrator.metrics import aggregation_noise, init_noise_functions, init_noise_params  # noqa: E402
 from orchestrator.ranks import RankConfig, assign_ranks  # noqa: E402
 
 R = 16  # global rank
@@ -211,11 +211,11 @@ def time_metrics(method, state, starts, updates, agg, new_delta, metric_modules)
         t0 = time.perf_counter()
         prev_delta = method.global_delta(state)
         prev_delta = {m: prev_delta[m] for m in metric_modules}
-        fn = sum(init_noise_function(prev_delta, s) for s in starts)
+        fn = sum(init_noise_functions(prev_delta, starts))
         t1 = time.perf_counter()
         factors = method.global_factors(state)
         factors = None if factors is None else {m: factors[m] for m in metric_modules}
-        pn = [init_noise_param(factors, s) for s in starts]
+        pn = init_noise_params(factors, starts) or [None]
         t2 = time.perf_counter()
         an = aggregation_noise({m: new_delta[m] for m in metric_modules}, starts, updates, agg.weights)
         t3 = time.perf_counter()

@@ -288,8 +288,10 @@ class Driver:
         return module_cosine_similarity(starts, updates, m, rank).tolist()
 
     def export_global(self) -> dict[str, bytes]:
-        """The global model as PEFT adapter files (built by a worker, which has the base model)."""
-        return self.pool.call_one("export_adapter", self.method.global_delta(self.state), self.state.head())
+        """The global model as PEFT adapter files, written from the global factors and module names (no base model)."""
+        from workers.export import export_adapter
+
+        return export_adapter(self.method.global_delta(self.state), self.state.head(), self.data_info["task"])
 
     def shutdown(self) -> None:
         """Stop the worker actors."""

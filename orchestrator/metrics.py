@@ -17,90 +17,164 @@ Definitions (Fed-PLoRA paper sec. 3.1 and 3.4; DESIGN.md section 4):
   Fed-PLoRA this differs from the paper's rank-wise form when some slot is not trained by every client
   (reference notes section 5, caveat 3); that form is :func:`fedplora_rankwise_noise`.
 - Per-round values are sums over the round's clients (init noise, as the paper's ``sum_{i in [v]}``).
+
+Cost: no ``d x k`` matrix is formed for low-rank deltas. Per module, every term is split into rank-1 pieces
+held once in a :class:`~orchestrator.linalg.PieceUnion` (bitwise copies, such as Fed-PLoRA's folded and
+selected slots, are one piece, so they cancel exactly); a norm is ``sqrt(c^T H c)`` with ``H`` the elementwise
+product of the pieces' Gram matrices, computed once per module for all clients, and a QR fallback where the
+sum nearly cancels (exact to float64 rounding). Only a dense delta that does not cancel (FLoRA's aggregation
+noise: ``dW_old`` and ``dW_new`` are different dense tensors) is summed densely.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from core.wire import ClientStart, ClientUpdate, Delta, LowRankDelta, ModuleName
-from orchestrator.linalg import frobenius_of_sum
+from orchestrator.linalg import PieceUnion, frobenius_of_factors, frobenius_of_sum
 
 F64 = torch.float64
 
 
 def init_noise_function(global_delta: dict[ModuleName, Delta], start: ClientStart) -> float:
-    """``sum_m ||dW_global,m - dW_start,m||_F`` for one client (factored; see :func:`frobenius_of_sum`)."""
-    total = 0.0
+    """``sum_m ||dW_global,m - dW_start,m||_F`` for one client (see :func:`init_noise_functions`)."""
+    return init_noise_functions(global_delta, [start])[0]
+
+
+def init_noise_functions(global_delta: dict[ModuleName, Delta], starts: list[ClientStart]) -> list[float]:
+    """``sum_m ||dW_global,m - dW_start_i,m||_F`` for every client ``i`` of ``starts``.
+
+    Per module, the global delta and every client's fold and shipped adapter inits are pieces of one
+    :class:`~orchestrator.linalg.PieceUnion` (Gram matrices computed once for all clients; a client's slots
+    that are bitwise copies of the global's cancel exactly), see :func:`norms_of_sums`.
+    """
+    totals = [0.0] * len(starts)
     for module, delta in global_delta.items():
-        low_rank, dense = [], []
-        _add_term(delta, 1.0, low_rank, dense)
-        if module in start.fold:
-            _add_term(start.fold[module], -1.0, low_rank, dense)
-        for name in start.upload:
-            init = start.adapters.get(name, {}).get(module)
-            if init is not None:
-                _add_term(init.as_delta(), -1.0, low_rank, dense)
-        total += frobenius_of_sum(low_rank, dense)
-    return total
+        sums = []
+        for start in starts:
+            terms: list[tuple[Delta, float]] = [(delta, 1.0)]
+            if module in start.fold:
+                terms.append((start.fold[module], -1.0))
+            for name in start.upload:
+                init = start.adapters.get(name, {}).get(module)
+                if init is not None:
+                    terms.append((init.as_delta(), -1.0))
+            sums.append(terms)
+        for i, value in enumerate(norms_of_sums(sums)):
+            totals[i] += value
+    return totals
 
 
-def _add_term(delta: Delta, coeff: float, low_rank: list, dense: list) -> None:
-    """Append ``coeff * delta`` as factors ``(coeff * scale * B, A)`` or as a dense ``(W, coeff)``."""
-    if isinstance(delta, LowRankDelta):
-        low_rank.append((delta.B.to(F64) * (coeff * delta.scale), delta.A))
-    else:
-        dense.append((delta.W, coeff))
+def norms_of_sums(sums: list[list[tuple[Delta, float]]]) -> list[float]:
+    """``||sum_t c_t delta_t||_F`` for each list of ``(delta, c_t)`` (deltas of one module), float64.
+
+    Low-rank deltas enter one shared :class:`~orchestrator.linalg.PieceUnion` (``c^T H c`` from Gram matrices,
+    QR fallback where the sum nearly cancels: accurate to float64 rounding). Dense deltas that are the same
+    tensor object are combined first (their coefficients add; FLoRA's fold and global ``dW`` cancel); a sum
+    with a dense term left is computed densely (:func:`~orchestrator.linalg.frobenius_of_sum`).
+    """
+    shape = next((tuple(d.shape) for terms in sums for d, _ in terms), None)
+    if shape is None:
+        return [0.0] * len(sums)
+    union = PieceUnion(*shape)
+    out = []
+    for terms in sums:
+        low: list[tuple[Tensor, float]] = []
+        dense: dict[int, list] = {}
+        for delta, coeff in terms:
+            if isinstance(delta, LowRankDelta):
+                low.append((union.add(delta.B, delta.A), coeff * delta.scale))
+            else:
+                dense.setdefault(id(delta.W), [delta.W, 0.0])[1] += coeff
+        dense_left = [(W, c) for W, c in dense.values() if c != 0.0]
+        if dense_left:
+            factors = [(d.B.to(F64) * (c * d.scale), d.A) for d, c in terms if isinstance(d, LowRankDelta)]
+            out.append(frobenius_of_sum(factors, dense_left))
+        else:
+            out.append(union.norm(low))
+    return out
 
 
 def init_noise_param(global_factors: dict[ModuleName, tuple[Tensor, Tensor]] | None,
                      start: ClientStart) -> float | None:
     """The paper's rank-wise ``sum_m ||A_g (-) A_i||_F + ||B_g (-) B_i||_F`` for one client."""
+    values = init_noise_params(global_factors, [start])
+    return None if values is None else values[0]
+
+
+def init_noise_params(global_factors: dict[ModuleName, tuple[Tensor, Tensor]] | None,
+                      starts: list[ClientStart]) -> list[float] | None:
+    """:func:`init_noise_param` of every client, one pass over the modules (``None`` without global factors).
+
+    Per module, slot by slot: a slot the client starts from contributes ``||A_g[j] - A_i[row]||^2``, a folded
+    slot 0 (it carries the global value exactly), any other global slot ``||A_g[j]||^2``, a fresh rank its own
+    ``||A_i[row]||^2`` (B alike, columns); when several of the client's adapters name a slot the last one
+    holds it and a fold overrides them. ``||.||_F`` of the zero-padded difference is the square root.
+    """
     if global_factors is None:
         return None
-    total = 0.0
+    totals = [0.0] * len(starts)
     for module, (Bg, Ag) in global_factors.items():
         Bg, Ag = Bg.to(F64), Ag.to(F64)
-        B_pad, A_pad = torch.zeros_like(Bg), torch.zeros_like(Ag)
-        fresh_B, fresh_A = [], []
-        for name in start.upload:
-            init = start.adapters.get(name, {}).get(module)
-            if init is None:
-                continue
-            for i, slot in enumerate(init.slots or range(init.rank)):
-                if slot is None or slot >= Ag.shape[0]:
-                    fresh_B.append(init.B[:, i].to(F64))
-                    fresh_A.append(init.A[i].to(F64))
-                else:
-                    B_pad[:, slot], A_pad[slot] = init.B[:, i].to(F64), init.A[i].to(F64)
-        for slot in start.folded_slots.get(module, ()):
-            B_pad[:, slot], A_pad[slot] = Bg[:, slot], Ag[slot]
-        dA = (Ag - A_pad).norm() ** 2 + sum(float(a.norm() ** 2) for a in fresh_A)
-        dB = (Bg - B_pad).norm() ** 2 + sum(float(b.norm() ** 2) for b in fresh_B)
-        total += float(torch.sqrt(torch.as_tensor(dA))) + float(torch.sqrt(torch.as_tensor(dB)))
-    return total
+        R = Ag.shape[0]
+        norms_B, norms_A = (Bg * Bg).sum(0), (Ag * Ag).sum(1)  # (R,) squared slot norms
+        for c, start in enumerate(starts):
+            holder: dict[int, tuple[Any, int] | None] = {}  # slot -> (init, row), None when folded
+            fresh: list[tuple[Any, int]] = []
+            for name in start.upload:
+                init = start.adapters.get(name, {}).get(module)
+                if init is None:
+                    continue
+                for i, slot in enumerate(init.slots or range(init.rank)):
+                    if slot is None or slot >= R:
+                        fresh.append((init, i))
+                    else:
+                        holder[slot] = (init, i)
+            for slot in start.folded_slots.get(module, ()):
+                holder[slot] = None
+            free = [j for j in range(R) if j not in holder]
+            dB, dA = float(norms_B[free].sum()), float(norms_A[free].sum())
+            groups: dict[int, tuple[Any, list[int], list[int]]] = {}
+            for slot, held in holder.items():
+                if held is not None:
+                    entry = groups.setdefault(id(held[0]), (held[0], [], []))
+                    entry[1].append(slot)
+                    entry[2].append(held[1])
+            for init, slots, rows in groups.values():
+                j, i = torch.tensor(slots), torch.tensor(rows)
+                dB += float(((Bg[:, j] - init.B[:, i].to(F64)) ** 2).sum())
+                dA += float(((Ag[j] - init.A[i].to(F64)) ** 2).sum())
+            for init, i in fresh:
+                dB += float((init.B[:, i].to(F64) ** 2).sum())
+                dA += float((init.A[i].to(F64) ** 2).sum())
+            totals[c] += math.sqrt(dA) + math.sqrt(dB)
+    return totals
 
 
 def aggregation_noise(new_global: dict[ModuleName, Delta], starts: list[ClientStart],
                       updates: list[ClientUpdate], weights: dict[int, float]) -> float:
-    """``sum_m ||sum_i p_i (fold_i + s B_i A_i) - dW_new||_F`` (factored; see :func:`frobenius_of_sum`)."""
+    """``sum_m ||sum_i p_i (fold_i + s B_i A_i) - dW_new||_F`` (one sum per module, see :func:`norms_of_sums`).
+
+    The clients' folds are copies of the same global slots (Fed-PLoRA): they are one set of pieces whose
+    coefficients add, so the Gram matrices hold each folded slot once.
+    """
     by_id = {s.client_id: s for s in starts}
     total = 0.0
     for module, delta in new_global.items():
-        low_rank, dense = [], []
-        _add_term(delta, -1.0, low_rank, dense)
+        terms: list[tuple[Delta, float]] = [(delta, -1.0)]
         for u in updates:
             start, p = by_id[u.client_id], weights[u.client_id]
             if module in start.fold:
-                _add_term(start.fold[module], p, low_rank, dense)
+                terms.append((start.fold[module], p))
             for name in start.upload:
                 if module in u.adapters.get(name, {}):
                     B, A = u.adapters[name][module]
-                    low_rank.append((B.to(F64) * (p * start.adapters[name][module].scale), A))
-        total += frobenius_of_sum(low_rank, dense)
+                    terms.append((LowRankDelta(B, A, start.adapters[name][module].scale), p))
+        total += norms_of_sums([terms])[0]
     return total
 
 
@@ -112,9 +186,9 @@ def noise_metrics(method: Any, old_state: Any, starts: list[ClientStart], agg: A
     updates as the server aggregated them (``agg.used``, e.g. HETLoRA's pruned adapters), not as uploaded.
     """
     glob, factors = method.global_delta(old_state), method.global_factors(old_state)
-    out = {"init_noise_fn": sum(init_noise_function(glob, s) for s in starts)}
-    params = [init_noise_param(factors, s) for s in starts]
-    out["init_noise_param"] = float("nan") if None in params else sum(params)  # type: ignore[arg-type]
+    out = {"init_noise_fn": sum(init_noise_functions(glob, starts))}
+    params = init_noise_params(factors, starts)
+    out["init_noise_param"] = float("nan") if params is None else sum(params)
     out["agg_noise"] = aggregation_noise(method.global_delta(agg.state), starts, agg.used, agg.weights)
     out.update(method.extra_noise(starts, agg.used))
     return out
@@ -130,20 +204,15 @@ def fedplora_rankwise_noise(starts: list[ClientStart], updates: list[ClientUpdat
     modules = next(iter(starts)).adapters["main"].keys()
     total = 0.0
     for module in modules:
-        per_slot: dict[int, list[tuple[Tensor, Tensor]]] = {}
-        for u in updates:
-            init = by_id[u.client_id].adapters["main"][module]
-            B, A = u.adapters["main"][module]
-            for i, slot in enumerate(init.slots):
-                per_slot.setdefault(slot, []).append((B[:, i].to(F64), A[i].to(F64)))
-        acc = None
-        for pieces in per_slot.values():
-            Bs = torch.stack([b for b, _ in pieces], 1)  # (d, q)
-            As = torch.stack([a for _, a in pieces], 0)  # (q, k)
-            Bc, Ac = Bs - Bs.mean(1, keepdim=True), As - As.mean(0, keepdim=True)
-            term = (Bc @ Ac) / len(pieces)
-            acc = term if acc is None else acc + term
-        total += float(acc.norm()) if acc is not None else 0.0
+        inits = [by_id[u.client_id].adapters["main"][module] for u in updates]
+        B = torch.cat([u.adapters["main"][module][0].to(F64) for u in updates], 1)  # (d, n): every trained rank
+        A = torch.cat([u.adapters["main"][module][1].to(F64) for u in updates], 0)  # (n, k)
+        slot = torch.tensor([j for init in inits for j in init.slots], dtype=torch.long)
+        count = torch.bincount(slot).to(F64)  # |Q_j|
+        B_mean = torch.zeros(B.shape[0], len(count), dtype=F64).index_add_(1, slot, B) / count.clamp_min(1)
+        A_mean = torch.zeros(len(count), A.shape[1], dtype=F64).index_add_(0, slot, A) / count.clamp_min(1)[:, None]
+        # sum_j (1/|Q_j|) Bc_j Ac_j as one stacked product, never formed densely
+        total += frobenius_of_factors((B - B_mean[:, slot]) / count[slot], A - A_mean[slot])
     return total
 
 
@@ -189,8 +258,11 @@ __all__ = [
     "aggregation_noise",
     "fedplora_rankwise_noise",
     "init_noise_function",
+    "init_noise_functions",
     "init_noise_param",
+    "init_noise_params",
     "module_cosine_similarity",
     "noise_metrics",
+    "norms_of_sums",
     "round_bytes",
 ]

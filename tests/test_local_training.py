@@ -55,10 +55,11 @@ def target_weights(trainer):
 # ---------------------------------------------------------------- W0 restore and determinism
 
 
-def test_second_client_after_first_equals_second_client_alone(example_factory):
+@pytest.mark.parametrize("fold", ["dense", "branch"])
+def test_second_client_after_first_equals_second_client_alone(fold, example_factory):
     # Prepare: two clients with different folds, seeds and data; LoRA dropout on (seeded streams)
     ex1, ex2 = example_factory(12), example_factory(10, offset=100)
-    a = make_trainer(lora_dropout=0.1)
+    a = make_trainer(lora_dropout=0.1, fold=fold)
     pristine = target_weights(a)
     fold1 = {m: LowRankDelta(B, A) for m, (B, A) in global_factors(a, 2, seed=1).items()}
     fold2 = {m: LowRankDelta(B, A) for m, (B, A) in global_factors(a, 2, seed=2).items()}
@@ -67,9 +68,11 @@ def test_second_client_after_first_equals_second_client_alone(example_factory):
 
     # Execute
     a.train(start1, ex1)
-    assert not all(torch.equal(w, pristine[m]) for m, w in target_weights(a).items())  # the fold was applied
+    assert set(a.fold_modes.values()) == {fold}
+    merged = not all(torch.equal(w, pristine[m]) for m, w in target_weights(a).items())
+    assert merged == (fold == "dense")  # a dense fold changes the weights; a branch leaves W0 in place
     after_first = a.train(start2, ex2)
-    alone = make_trainer(lora_dropout=0.1).train(start2, ex2)
+    alone = make_trainer(lora_dropout=0.1, fold=fold).train(start2, ex2)
     a.restore_and_fold({})
 
     # Assert: W0 restored bitwise, and the second job is bit-identical to running it alone

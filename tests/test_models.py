@@ -240,7 +240,7 @@ def test_mean_pooled_export_loads_with_peft_on_a_mean_pooled_base(tmp_path):
     deltas = {m: LowRankDelta(torch.randn(d, 2, generator=gen) * 0.1, torch.randn(2, k, generator=gen) * 0.1, 1.0)
               for m, (d, k) in shapes.items()}
     head = {"classifier.weight": torch.randn(2, 64, generator=gen), "classifier.bias": torch.randn(2, generator=gen)}
-    write_adapter(export_adapter(loaded, deltas, head), tmp_path / "adapter")
+    write_adapter(export_adapter(deltas, head, "classification"), tmp_path / "adapter")  # no base model
     # what a user does: the same base (load_model with the run's model.pooling), then PEFT
     base = load_model(cfg, "classification", 2, seed=1).model
     peft_model = PeftModel.from_pretrained(base, str(tmp_path / "adapter"))

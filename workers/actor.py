@@ -175,17 +175,6 @@ class ClientWorker:
         finally:
             release_freed_memory()
 
-    def export_adapter(self, deltas: dict[str, Delta], head: dict[str, Tensor] | None = None) -> dict[str, bytes]:
-        """PEFT adapter files of ``W0 + deltas`` (+ head), built on a freshly loaded copy of the base model."""
-        from workers.export import export_adapter
-
-        fresh = load_model(self.model_cfg, self.data.task, self.num_labels, self.seed)
-        try:
-            return export_adapter(fresh, deltas, head)
-        finally:
-            del fresh
-            release_freed_memory()
-
     def _client(self, client_id: int):
         if not 0 <= client_id < self.data.num_clients:
             raise ValueError(f"client_id={client_id} is out of range: the run has {self.data.num_clients} clients")

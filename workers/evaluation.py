@@ -1,8 +1,9 @@
 """Evaluation of a model given as deltas: ``W = W0 + sum(deltas[m])`` on every target module, plus a head.
 
-The deltas are folded into pristine ``W0`` with no adapter in the forward (the same fold the training
-start uses), so the global model of any method and a client's personalised model (e.g. pFedLoRA's
-``W0 + private + shared``: a list of deltas per module) are evaluated by one code path.
+The deltas are applied to pristine ``W0`` by the same fold the training start uses (merged, or a frozen
+low-rank branch: ``train.fold``) with no trainable adapter in the forward, so the global model of any method
+and a client's personalised model (e.g. pFedLoRA's ``W0 + private + shared``: a list of deltas per module)
+are evaluated by one code path.
 
 - classification: ``accuracy``, ``mcc`` (Matthews correlation) and the mean cross-entropy ``loss``;
 - causal LM: ``rouge_l`` of greedy generations (``max_new_tokens``) against the targets, and ``loss``,

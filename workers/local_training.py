@@ -3,8 +3,12 @@
 One :class:`LocalTrainer` holds one base model, wrapped once with PEFT LoRA layers on the target modules,
 and a pristine CPU copy of the original target weights ``W0: (d, k)``. Every job starts from scratch:
 
-1. ``W <- W0 + sum(fold)`` on every target module (copied from the pristine copy, never subtracted, so
-   rounding cannot accumulate over rounds);
+1. the fold: ``W <- W0 + sum(fold)`` on every target module (copied from the pristine copy, never subtracted,
+   so rounding cannot accumulate over rounds), or, for a low-rank fold (``train.fold``: ``auto`` / ``branch``),
+   ``W = W0`` untouched and the fold run as a frozen LoRA branch ``x -> (sum_t s_t B_t A_t) x`` active next
+   to the trainable adapters: the same function with no ``d x k`` work per job (a weight is copied back from
+   ``W0`` only when an earlier dense merge changed it). The branch's output equals the merged layer's up to
+   float32 rounding of the two summation orders (``(W0 + F) x`` vs ``W0 x + F x``);
 2. the head is loaded (the start's, else the model's initial seeded head);
 3. the start's named adapters are (re)created with their per-module ranks, ``lora_alpha = scale * r``
    (PEFT's scaling is set to ``AdapterInit.scale`` exactly), and their values copied in;
@@ -35,6 +39,7 @@ from workers.train_config import TrainConfig
 
 IGNORE_INDEX = -100
 _PLACEHOLDER = "_hetfedlora_placeholder"
+FOLD_ADAPTER = "_hetfedlora_fold"  # the frozen low-rank fold branch (never trained, never shipped)
 
 
 class LocalTrainer:
@@ -66,6 +71,8 @@ class LocalTrainer:
         self._params = dict(self.model.named_parameters())
         self.adapter_names: tuple[str, ...] = ()
         self._fold_key: str | None = None  # key of the shared fold the base weights hold (restore_and_fold)
+        self.merged: set[str] = set()  # modules whose weight holds a dense fold (W != W0)
+        self.fold_modes: dict[str, str] = {}  # the last fold's choice per module: "none", "dense" or "branch"
 
     def reset(self, cfg: TrainConfig, seed: int) -> None:
         """Serve another run on the same loaded model: its train options and the parameters drawn from ``seed``.
@@ -101,12 +108,18 @@ class LocalTrainer:
 
     @torch.no_grad()
     def restore_and_fold(self, fold: dict[str, Delta | Sequence[Delta]], key: str | None = None) -> None:
-        """``W <- W0 + sum(fold[m])`` on every target module (``W <- W0`` bitwise where no delta).
+        """``W0 + sum(fold[m])`` on every target module: merged into the weight or as a frozen branch.
+
+        Per module (``train.fold``): ``dense`` merges every delta; ``branch`` runs the low-rank deltas as the
+        frozen adapter :data:`FOLD_ADAPTER` (``B = [s_1 B_1 ... s_T B_T]``, ``A = [A_1; ...; A_T]``, scaling 1)
+        and merges the dense ones; ``auto`` branches when every delta is low-rank and the summed rank ``r_f``
+        has ``r_f (d + k) < d k``, else merges. ``W <- W0`` bitwise where nothing is merged. The choice of
+        the last call is in :attr:`fold_modes`.
 
         ``key`` names a fold made of shared objects (:meth:`workers.shared_args.SharedArgs.fold_key`): when
-        it equals the key of the previous call the weights already are ``W0 + fold`` (the base weights are
-        frozen and only this method writes them), so nothing is redone: one merge per worker per round for
-        a fold every client shares (FLoRA's ``dW``).
+        it equals the key of the previous call the model already holds ``W0 + fold`` (only this method writes
+        the base weights and the fold branch), so nothing is redone: one merge per worker per round for a
+        fold every client shares (FLoRA's ``dW``).
         """
         if key is not None and key == self._fold_key:
             return
@@ -116,20 +129,64 @@ class LocalTrainer:
             raise ValueError(f"fold names modules {unknown} that are not target modules of the model "
                              f"(targets: {sorted(self.w0)[:4]}...)")
         for m, w0 in self.w0.items():
-            weight = self.layers[m].get_base_layer().weight
+            layer = self.layers[m]
+            if FOLD_ADAPTER in layer.lora_A:
+                layer.delete_adapter(FOLD_ADAPTER)
             deltas = fold.get(m, ())
             deltas = [deltas] if not isinstance(deltas, list | tuple) else list(deltas)
-            if not deltas:
-                weight.copy_(w0)
-                continue
-            total = w0.to(self.device, torch.float32, copy=True)  # copy: never touch the pristine W0
             for delta in deltas:
                 if tuple(delta.shape) != tuple(w0.shape):
                     raise ValueError(f"fold delta for {m} has shape {tuple(delta.shape)}, the module's "
                                      f"weight is {tuple(w0.shape)}")
-                total.add_(_dense_on(delta, self.device))
-            weight.copy_(total)
+            branch = [d for d in deltas if isinstance(d, LowRankDelta)] if self._branches(deltas, w0) else []
+            merge = [d for d in deltas if not any(d is b for b in branch)]
+            weight = layer.get_base_layer().weight
+            if merge:
+                total = w0.to(self.device, torch.float32, copy=True)  # copy: never touch the pristine W0
+                for delta in merge:
+                    total.add_(_dense_on(delta, self.device))
+                weight.copy_(total)
+                self.merged.add(m)
+            elif m in self.merged:
+                weight.copy_(w0)
+                self.merged.discard(m)
+            if branch:
+                self._add_fold_branch(layer, branch)
+            self.fold_modes[m] = "branch" if branch else "dense" if merge else "none"
         self._fold_key = key
+        self._activate()
+
+    def _branches(self, deltas: list[Delta], w0: Tensor) -> bool:
+        """Whether ``train.fold`` runs this module's low-rank deltas as a branch (see :meth:`restore_and_fold`)."""
+        mode = self.cfg.fold
+        if mode == "dense" or not deltas:
+            return False
+        if mode == "branch":
+            return True
+        if not all(isinstance(d, LowRankDelta) for d in deltas):
+            return False
+        d, k = w0.shape
+        return sum(delta.rank for delta in deltas) * (d + k) < d * k  # type: ignore[union-attr]
+
+    def _add_fold_branch(self, layer: nn.Module, deltas: list[LowRankDelta]) -> None:
+        """The frozen adapter ``x -> B (A x)`` with ``B A = sum_t s_t B_t A_t``, in float32, no dropout."""
+        B = torch.cat([_factor_on(d.B, self.device) * d.scale for d in deltas], 1).to(torch.float32)  # (d, r_f)
+        A = torch.cat([_factor_on(d.A, self.device) for d in deltas], 0).to(torch.float32)  # (r_f, k)
+        r = A.shape[0]
+        layer.update_layer(FOLD_ADAPTER, r, lora_alpha=r, config=LoraConfig(
+            r=1, lora_alpha=1, lora_dropout=0.0, init_lora_weights=False, use_rslora=False))
+        layer.scaling[FOLD_ADAPTER] = 1.0
+        layer.lora_A[FOLD_ADAPTER].to(torch.float32)
+        layer.lora_B[FOLD_ADAPTER].to(torch.float32)
+        layer.lora_A[FOLD_ADAPTER].weight.copy_(A)
+        layer.lora_B[FOLD_ADAPTER].weight.copy_(B)
+
+    def _activate(self) -> None:
+        """Every layer runs the current named adapters plus its fold branch (if any); nothing requires grad."""
+        for layer in self.layers.values():
+            fold = [FOLD_ADAPTER] if FOLD_ADAPTER in layer.lora_A else []
+            layer.set_adapter([*self.adapter_names, *fold])
+        self.model.requires_grad_(False)
 
     @torch.no_grad()
     def load_head(self, head: dict[str, Tensor] | None) -> None:
@@ -147,12 +204,12 @@ class LocalTrainer:
             param.copy_(value)
 
     def clear_adapters(self) -> None:
-        """Remove every adapter: the model computes ``W x`` with the (folded) base weights only."""
+        """Remove every named adapter: the model computes ``W0 + fold`` only (merged weights, fold branch)."""
         for layer in self.layers.values():
-            for name in list(layer.lora_A.keys()):
+            for name in [n for n in layer.lora_A.keys() if n != FOLD_ADAPTER]:
                 layer.delete_adapter(name)
-            layer.set_adapter([])
         self.adapter_names = ()
+        self._activate()
 
     @torch.no_grad()
     def set_adapters(self, start: ClientStart) -> None:
@@ -179,9 +236,7 @@ class LocalTrainer:
                 layer.lora_A[name].weight.copy_(init.A)
                 layer.lora_B[name].weight.copy_(init.B)
         self.adapter_names = tuple(start.adapters)
-        for layer in self.layers.values():
-            layer.set_adapter(list(self.adapter_names))
-        self.model.requires_grad_(False)
+        self._activate()
 
     def prepare(self, start: ClientStart, fold_key: str | None = None) -> None:
         """Put the model in the start-of-round state of ``start`` (no training, everything frozen)."""
@@ -430,6 +485,11 @@ def _dense_on(delta: Delta, device: torch.device) -> Tensor:
         product = LowRankDelta(delta.B.to(device, dtype), delta.A.to(device, dtype), delta.scale).dense()
         return product.to(torch.float32)
     return delta.dense().to(device, torch.float32)
+
+
+def _factor_on(t: Tensor, device: torch.device) -> Tensor:
+    """A fold factor on ``device`` in its own precision, at least float32 (float64 stays until the cast)."""
+    return t.to(device, torch.promote_types(t.dtype, torch.float32))
 
 
 def _cpu(t: Tensor) -> Tensor:

@@ -10,6 +10,7 @@ from core.validation import check_choice, check_int, check_positive, is_number
 
 OPTIMIZERS = ("adamw", "sgd")
 AUTOCAST = ("off", "bf16", "fp16")
+FOLDS = ("auto", "dense", "branch")
 
 
 @dataclass(frozen=True)
@@ -19,7 +20,12 @@ class TrainConfig:
     ``local_epochs`` (when set) overrides ``local_steps``: a job then runs ``local_epochs * ceil(n /
     batch_size)`` steps over its ``n`` local examples. ``grad_clip``: max global gradient norm (``None``
     = off). ``lora_dropout`` is applied by PEFT to the input of every trainable adapter (never to the
-    fold, DESIGN.md section 3). ``max_new_tokens``: greedy generation length for causal-LM evaluation.
+    fold, DESIGN.md section 3). ``fold``: how a job applies its fold (and an evaluation its deltas) to ``W0``:
+    ``dense`` merges ``W0 + sum(fold)`` into the weight; ``branch`` keeps the weight at ``W0`` and runs every
+    low-rank fold as a frozen LoRA branch next to the trainable adapters (a dense delta is always merged);
+    ``auto`` (default) takes the branch for a module whose fold deltas are all low-rank with factors smaller
+    than the weight (summed rank ``r_f`` with ``r_f (d + k) < d k``), the dense merge otherwise
+    (``workers.local_training``). ``max_new_tokens``: greedy generation length for causal-LM evaluation.
 
     GPU options: ``autocast`` runs the forward passes (training and evaluation) under ``torch.autocast`` in
     bf16 or fp16 (the frozen base computes in low precision; adapters, optimizer state and the loss stay
@@ -38,6 +44,7 @@ class TrainConfig:
     local_epochs: int | None = None
     batch_size: int = 16
     lora_dropout: float = 0.0
+    fold: Literal["auto", "dense", "branch"] = "auto"
     grad_clip: float | None = None
     weight_decay: float = 0.0
     momentum: float = 0.0
@@ -51,6 +58,8 @@ class TrainConfig:
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"train.optimizer={self.optimizer!r} is not allowed; choose one of "
                              f"{list(OPTIMIZERS)}")
+        if self.fold not in FOLDS:
+            raise ValueError(f"train.fold={self.fold!r} is not allowed; choose one of {list(FOLDS)}")
         check_positive("train.lr", self.lr)
         check_int("train.local_steps", self.local_steps, 1)
         if self.local_epochs is not None:

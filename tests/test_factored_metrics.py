@@ -1,0 +1,177 @@
+"""The factored noise metrics (Gram matrices of shared pieces, QR fallback) equal the dense float64 computation."""
+
+import math
+
+import pytest
+import torch
+from method_helpers import make, random_state, run_rounds
+
+from core.wire import DenseDelta, LowRankDelta
+from orchestrator.linalg import PieceUnion, frobenius_of_factors
+from orchestrator.methods import available_methods
+from orchestrator.metrics import (
+    aggregation_noise,
+    fedplora_rankwise_noise,
+    init_noise_functions,
+    init_noise_params,
+    norms_of_sums,
+)
+
+F64 = torch.float64
+
+
+def dense_norm(terms):
+    """``||sum_t c_t delta_t||_F`` formed densely in float64: the reference."""
+    acc = None
+    for delta, c in terms:
+        term = delta.dense(F64) * c
+        acc = term if acc is None else acc + term
+    return float(acc.norm())
+
+
+def random_sums(seed, d=7, k=5):
+    """Sums sharing a rank-5 'global' (and bitwise copies of its columns), mixed ranks, scales, dense terms."""
+    g = torch.Generator().manual_seed(seed)
+    Bg, Ag = torch.randn(d, 5, generator=g), torch.randn(5, k, generator=g)
+    glob = LowRankDelta(Bg, Ag, 0.5)
+    W1, W2 = DenseDelta(torch.randn(d, k, generator=g)), DenseDelta(torch.randn(d, k, generator=g))
+    sums = []
+    for i, r in enumerate((1, 3, 4)):
+        idx = torch.randperm(5, generator=g)[:r]
+        copy = LowRankDelta(Bg.index_select(1, idx), Ag.index_select(0, idx), 0.5)  # bitwise copies of slots
+        own = LowRankDelta(torch.randn(d, r, generator=g), torch.randn(r, k, generator=g), 1.0 + i)
+        sums.append([(glob, 1.0), (copy, -1.0), (own, 0.3 * (i + 1))])
+    extra = LowRankDelta(torch.randn(d, 2, generator=g), torch.randn(2, k, generator=g))
+    sums.append([(glob, 1.0), (W1, 0.7), (extra, -1.0)])
+    sums.append([(W1, 1.0), (W1, -1.0), (glob, -2.0)])  # the same dense tensor cancels
+    sums.append([(W1, 1.0), (W2, -0.5)])
+    sums.append([(LowRankDelta(Bg.double(), Ag.double()), 1.0), (glob, -2.0)])  # float64 factors mixed in
+    return sums
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_norms_of_sums_equal_the_dense_computation_in_float64(seed):
+    sums = random_sums(seed)
+    got = norms_of_sums(sums)
+    for terms, value in zip(sums, got):
+        assert value == pytest.approx(dense_norm(terms), rel=1e-12, abs=1e-12)
+
+
+def test_bitwise_copies_cancel_exactly_and_fold_into_one_piece():
+    g = torch.Generator().manual_seed(0)
+    B, A = torch.randn(9, 4, generator=g), torch.randn(4, 6, generator=g)
+    rest, held = torch.tensor([0, 2]), torch.tensor([1, 3])
+    fold = LowRankDelta(B.index_select(1, rest), A.index_select(0, rest))
+    adapter = LowRankDelta(B.index_select(1, held), A.index_select(0, held))
+    assert norms_of_sums([[(LowRankDelta(B, A), 1.0), (fold, -1.0), (adapter, -1.0)]]) == [0.0]  # exactly
+    union = PieceUnion(9, 6)
+    first, again = union.add(B, A), union.add(fold.B, fold.A)
+    assert len(union) == 4 and again.tolist() == first[rest].tolist()
+
+
+def test_near_cancellation_falls_back_to_qr_and_stays_accurate():
+    # X = B A - (B + 1e-7 E) A: ||X|| ~ 1e-7 ||B A||; the Gram route alone would lose about half the digits
+    g = torch.Generator().manual_seed(1)
+    B, A, E = (torch.randn(50, 3, generator=g, dtype=F64), torch.randn(3, 40, generator=g, dtype=F64),
+               torch.randn(50, 3, generator=g, dtype=F64))
+    terms = [(LowRankDelta(B, A), 1.0), (LowRankDelta(B + 1e-7 * E, A), -1.0)]
+    exact = float((1e-7 * E @ A).norm())
+    assert norms_of_sums([terms])[0] == pytest.approx(exact, rel=1e-6)
+    stacked_B, stacked_A = torch.cat([B, -(B + 1e-7 * E)], 1), torch.cat([A, A], 0)
+    assert frobenius_of_factors(stacked_B, stacked_A) == pytest.approx(exact, rel=1e-6)
+    naive = math.sqrt(max(float(((stacked_B.T @ stacked_B) * (stacked_A @ stacked_A.T)).sum()), 0.0))
+    assert abs(naive - exact) > 1e-4 * exact  # what the fallback is for
+
+
+def test_frobenius_of_factors_equals_dense():
+    g = torch.Generator().manual_seed(2)
+    B, A = torch.randn(30, 7, generator=g), torch.randn(7, 20, generator=g)
+    assert frobenius_of_factors(B, A) == pytest.approx(float((B.double() @ A.double()).norm()), rel=1e-12)
+    assert frobenius_of_factors(torch.zeros(30, 0), torch.zeros(0, 20)) == 0.0
+
+
+# ---- every method: the round's metrics against dense references -----------------------------------------------
+
+
+def padded_param_noise(factors, start):
+    """The paper's Eq. 2 by explicit zero padding (the reference implementation)."""
+    total = 0.0
+    for module, (Bg, Ag) in factors.items():
+        Bg, Ag = Bg.to(F64), Ag.to(F64)
+        B_pad, A_pad = torch.zeros_like(Bg), torch.zeros_like(Ag)
+        fresh_B, fresh_A = [], []
+        for name in start.upload:
+            init = start.adapters.get(name, {}).get(module)
+            if init is None:
+                continue
+            for i, slot in enumerate(init.slots or range(init.rank)):
+                if slot is None or slot >= Ag.shape[0]:
+                    fresh_B.append(init.B[:, i].to(F64))
+                    fresh_A.append(init.A[i].to(F64))
+                else:
+                    B_pad[:, slot], A_pad[slot] = init.B[:, i].to(F64), init.A[i].to(F64)
+        for slot in start.folded_slots.get(module, ()):
+            B_pad[:, slot], A_pad[slot] = Bg[:, slot], Ag[slot]
+        dA = (Ag - A_pad).norm() ** 2 + sum(float(a.norm() ** 2) for a in fresh_A)
+        dB = (Bg - B_pad).norm() ** 2 + sum(float(b.norm() ** 2) for b in fresh_B)
+        total += math.sqrt(float(dA)) + math.sqrt(float(dB))
+    return total
+
+
+def dense_rankwise(starts, updates):
+    by_id = {s.client_id: s for s in starts}
+    total = 0.0
+    for module in starts[0].adapters["main"]:
+        per_slot = {}
+        for u in updates:
+            B, A = u.adapters["main"][module]
+            for i, slot in enumerate(by_id[u.client_id].adapters["main"][module].slots):
+                per_slot.setdefault(slot, []).append((B[:, i].to(F64), A[i].to(F64)))
+        acc = 0
+        for pieces in per_slot.values():
+            Bs, As = torch.stack([b for b, _ in pieces], 1), torch.stack([a for _, a in pieces], 0)
+            acc = acc + (Bs - Bs.mean(1, keepdim=True)) @ (As - As.mean(0, keepdim=True)) / len(pieces)
+        total += float(acc.norm())
+    return total
+
+
+@pytest.mark.parametrize("name", sorted(available_methods()))
+def test_every_methods_metrics_equal_dense_references(name):
+    ranks = [4, 4, 4] if name == "fedit" else [1, 2, 4]
+    m = make(name, ranks, R=4)
+    state, _ = run_rounds(m, [[0, 1, 2]])  # non-zero B, FLoRA's dense dW, FlexLoRA's SVD, pFedLoRA's private
+    state = random_state(m, seed=3) if name in ("fedplora", "fedit", "hetlora", "ffa_lora") else state
+    _, (old, starts, updates, agg) = run_rounds(m, [[0, 1, 2]], state=state)
+    glob, new = m.global_delta(old), m.global_delta(agg.state)
+
+    for start, value in zip(starts, init_noise_functions(glob, starts)):
+        ref = 0.0
+        for mod in glob:
+            terms = [(glob[mod], 1.0)] + ([(start.fold[mod], -1.0)] if mod in start.fold else [])
+            terms += [(start.adapters[n][mod].as_delta(), -1.0) for n in start.upload if mod in start.adapters[n]]
+            ref += dense_norm(terms)
+        assert value == pytest.approx(ref, rel=1e-9, abs=1e-12)
+
+    factors = m.global_factors(old)
+    params = init_noise_params(factors, starts)
+    if factors is None:
+        assert params is None
+    else:
+        for start, value in zip(starts, params):
+            assert value == pytest.approx(padded_param_noise(factors, start), rel=1e-12, abs=1e-12)
+
+    ref = 0.0
+    by_id = {s.client_id: s for s in starts}
+    for mod in new:
+        terms = [(new[mod], -1.0)]
+        for u in agg.used:
+            s, p = by_id[u.client_id], agg.weights[u.client_id]
+            terms += [(s.fold[mod], p)] if mod in s.fold else []
+            terms += [(LowRankDelta(*u.adapters[n][mod], s.adapters[n][mod].scale), p)
+                      for n in s.upload if mod in u.adapters.get(n, {})]
+        ref += dense_norm(terms)
+    assert aggregation_noise(new, starts, agg.used, agg.weights) == pytest.approx(ref, rel=1e-9, abs=1e-12)
+
+    if name == "fedplora":
+        assert fedplora_rankwise_noise(starts, updates) == pytest.approx(dense_rankwise(starts, updates), rel=1e-9)
+        assert init_noise_functions(glob, starts) == [0.0] * len(starts)  # the fold cancels bitwise
