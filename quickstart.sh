@@ -25,8 +25,8 @@ case "${1:-}" in
     setup
     out="${2:-results/quick}"
     if [ -f "$out/sweep.yaml" ]; then resume=(--resume "$out"); else resume=(--out "$out"); fi
-    .venv/bin/python -m sweeps.run --preset quick "${resume[@]}"
-    .venv/bin/python -m analysis.report "$out"
+    .venv/bin/hetfedlora sweep --preset quick "${resume[@]}"   # = python -m sweeps.run
+    .venv/bin/hetfedlora report "$out"                          # = python -m analysis.report
     ;;
   test)
     setup

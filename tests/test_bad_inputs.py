@@ -7,6 +7,7 @@ failed before any work: Ray was never started and the output folder was never cr
 
 import os
 import stat
+from pathlib import Path
 
 import pytest
 import ray
@@ -132,6 +133,9 @@ def test_full_or_read_only_disk_is_refused_before_any_work(tmp_path):
         locked.chmod(stat.S_IRUSR | stat.S_IXUSR)
         with pytest.raises(ValueError, match="is not writable"):
             check_output_folder(locked / "run")
+    if Path("/sys").is_dir():  # sysfs refuses new files even to root: a read-only place on any Linux
+        with pytest.raises(ValueError, match=r"--out '/sys/hetfedlora-run' is not writable: .* in '/sys'"):
+            check_output_folder(Path("/sys/hetfedlora-run"))
 
 
 # ------------------------------------------------------------------------------------------- warnings
