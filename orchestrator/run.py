@@ -357,6 +357,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, num_gpus: 
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_worker_niceness", "0")
+    # Ray's tqdm manager would replace builtins.print in this process, and a sweep's callbacks (which hold
+    # print) could then no longer be pickled into Tune's experiment state
+    os.environ.setdefault("RAY_TQDM_PATCH_PRINT", "0")
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": log_to_driver,
