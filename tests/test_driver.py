@@ -1,7 +1,6 @@
 """The driver and one federated run on Ray: determinism, fault tolerance, resume, outputs, bad input."""
 
 import json
-import os
 import threading
 import time
 
@@ -9,6 +8,7 @@ import pandas as pd
 import pytest
 import ray
 import torch
+from ray_helpers import local_ray
 from safetensors.torch import load_file
 
 from orchestrator.checkpoint import state_file
@@ -24,11 +24,7 @@ SMOKE = "configs/tiny_llama_smoke.yaml"
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=4, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
+    yield from local_ray(num_cpus=4)
 
 
 def smoke(*overrides, rounds=3):

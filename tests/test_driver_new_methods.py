@@ -5,11 +5,10 @@ state and client starts are those of FedIT/FFA-LoRA; its checkpoint round trip i
 """
 
 import json
-import os
 
 import pytest
-import ray
 import torch
+from ray_helpers import local_ray
 from test_driver import smoke
 
 from orchestrator.checkpoint import load_checkpoint, save_checkpoint
@@ -22,11 +21,7 @@ SMALL = ("data.max_examples=120", "data.global_test_size=16", "train.local_steps
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
+    yield from local_ray(num_cpus=2)
 
 
 def comparable(record) -> str:

@@ -1,11 +1,10 @@
 """Server optimizers and FedProx in real runs on the tiny Llama: every method x every optimizer, resume, workers."""
 
 import dataclasses
-import os
 
 import pytest
-import ray
 import torch
+from ray_helpers import local_ray
 from test_driver import assert_same_run, final_state, run_quiet, smoke
 
 from orchestrator.checkpoint import load_checkpoint, save_checkpoint
@@ -20,11 +19,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
+    yield from local_ray(num_cpus=2)
 
 
 @pytest.fixture(scope="class")

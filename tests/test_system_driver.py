@@ -1,12 +1,11 @@
 """System heterogeneity in real runs on Ray: empty rounds keep the state, results do not depend on workers."""
 
 import copy
-import os
 
 import pandas as pd
 import pytest
-import ray
 import torch
+from ray_helpers import local_ray
 
 from core.rng import generator
 from orchestrator.config import load_config
@@ -25,11 +24,7 @@ SMOKE = "configs/tiny_llama_smoke.yaml"
 
 @pytest.fixture(scope="module", autouse=True)
 def ray_session():
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    yield
-    ray.shutdown()
+    yield from local_ray(num_cpus=2)
 
 
 def test_round_where_every_client_drops_out_keeps_the_state_of_every_method():
