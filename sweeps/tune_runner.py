@@ -237,13 +237,15 @@ def run_trial(config: dict[str, Any], sweep_dir: str, plan: dict[str, dict[str, 
     kept = _kept_driver(entry["bundles"]) if warm else None
     try:
         tune_round = _tune_checkpoint_round()
+        options = dict(resume=True, cluster_resources=entry["cluster_resources"], input_warnings=entry.get("warnings"))
         try:
-            exp = Experiment(cfg, out, resume=True, cluster_resources=entry["cluster_resources"], driver=kept,
-                             input_warnings=entry.get("warnings"))
+            exp = Experiment(cfg, out, driver=kept, **options)
         except Exception:
-            if kept is not None:
-                _kill_driver(kept)
-            raise
+            if kept is None:
+                raise
+            _kill_driver(kept)  # the kept actors cannot serve this trial: fresh ones (a real error raises again)
+            kept = None
+            exp = Experiment(cfg, out, **options)
         state["setup_seconds"] = time.perf_counter() - t0
         state["warm_start"] = kept is not None
         state["data_notes"] = exp.data_notes  # printed once on the sweep's console by SweepProgress
