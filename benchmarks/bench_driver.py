@@ -73,7 +73,7 @@ from machine import load_average  # noqa: E402
 from machine import machine_info as _machine_info  # noqa: E402
 from plain_loop import PlainFederatedLoop, TimedRounds  # noqa: E402
 from render_driver import markdown, render  # noqa: E402
-from result_files import read_result, result_path, write_result  # noqa: E402
+from result_files import read_result, rerender, result_path, write_result  # noqa: E402
 
 from core.synthetic import synthetic_update  # noqa: E402
 from core.wire import ClientStart, ClientUpdate, ModuleSpec  # noqa: E402
@@ -496,9 +496,7 @@ def main(argv: list[str] | None = None) -> dict:
                     help="keep the parts of the existing --out JSON that this invocation skips (e.g. rerun part c only)")
     args = ap.parse_args(argv)
     if args.render:
-        result = read_result(args.render)
-        Path(args.render).with_suffix(".md").write_text(markdown(result))
-        return result
+        return rerender(args.render, markdown)
 
     import ray
 

@@ -51,7 +51,7 @@ import reference_metrics as before  # noqa: E402
 from bench_server import prepared_round, scale_modules  # noqa: E402
 from machine import load_average  # noqa: E402
 from machine import machine_info as _machine_info  # noqa: E402
-from result_files import read_result, result_path, write_result  # noqa: E402
+from result_files import rerender, result_path, write_result  # noqa: E402
 
 from core.synthetic import synthetic_update  # noqa: E402
 from core.wire import ModuleSpec  # noqa: E402
@@ -342,9 +342,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--render", metavar="JSON", help="only rewrite the markdown next to an existing result JSON")
     args = p.parse_args(argv)
     if args.render:
-        result = read_result(args.render)
-        Path(args.render).with_suffix(".md").write_text(markdown(result))
-        return result
+        return rerender(args.render, markdown)
     t_wall = time.perf_counter()
     scales = dict(SCALES, **QUICK_SCALES)
     names = ["tiny"] if args.quick and args.scales == p.get_default("scales") else args.scales.split(",")

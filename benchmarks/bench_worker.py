@@ -75,7 +75,7 @@ from machine import load_average  # noqa: E402
 from machine import machine_info as _machine_info  # noqa: E402
 from plain_loop import PlainLoop  # noqa: E402
 from render_worker import markdown, render  # noqa: E402
-from result_files import read_result, result_path, write_result  # noqa: E402
+from result_files import rerender, result_path, write_result  # noqa: E402
 
 from core.rng import generator  # noqa: E402
 from core.wire import ClientStart  # noqa: E402
@@ -437,9 +437,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--render", metavar="JSON", help="only rewrite the markdown next to an existing result JSON")
     args = p.parse_args(argv)
     if args.render:
-        result = read_result(args.render)
-        Path(args.render).with_suffix(".md").write_text(markdown(result))
-        return result
+        return rerender(args.render, markdown)
 
     import ray
 

@@ -41,3 +41,10 @@ def write_result(path: Path, result: dict, markdown: str, md_path: Path | None =
 def read_result(path: str | Path) -> dict:
     """A recorded result (for ``--render``)."""
     return json.loads(Path(path).read_text())
+
+
+def rerender(path: str | Path, markdown) -> dict:
+    """``--render JSON``: rewrite the Markdown next to a recorded result from it (``markdown(result)``); returns it."""
+    result = read_result(path)
+    Path(path).with_suffix(".md").write_text(markdown(result))
+    return result

@@ -13,6 +13,16 @@ from orchestrator.state import GlobalState
 MODULES = [ModuleSpec("layer0.q", 6, 5), ModuleSpec("layer0.v", 4, 5), ModuleSpec("layer1.q", 6, 5)]
 
 
+def ranks_for(name: str, hetero, top: int | None = None) -> list[int]:
+    """``hetero`` as a list, or ``top`` (default ``max(hetero)``) for every client when the method needs equal ranks."""
+    from orchestrator.methods import method_class
+
+    hetero = list(hetero)
+    if not method_class(name).requires_homogeneous:
+        return hetero
+    return [max(hetero) if top is None else top] * len(hetero)
+
+
 def make(name: str, ranks: list[int], R: int = 4, seed: int = 0, modules=MODULES, **cfg):
     return build_method(MethodConfig(name=name, **cfg), modules, ranks, R, seed)
 

@@ -15,8 +15,9 @@ def local_ray(num_cpus: int = 2, **options) -> Iterator[None]:
     import ray
 
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    if not ray.is_initialized():
-        ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR",
-                 log_to_driver=False, **options)
+    if ray.is_initialized():  # another module's instance: this module gets the resources it asks for
+        ray.shutdown()
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, logging_level="ERROR",
+             log_to_driver=False, **options)
     yield
     ray.shutdown()

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from ray_helpers import local_ray
 
 from core.shared import SharedTensor, iter_tensors, map_tensors
 from core.wire import AdapterInit, ClientStart, DenseDelta, LowRankDelta, tensor_bytes
@@ -137,44 +138,37 @@ def test_trainer_skips_a_refold_only_for_the_same_key():
     assert torch.equal(weight, trainer.w0[m] - 1.0)
 
 
+@pytest.fixture
+def ray_two_cpus():
+    yield from local_ray(num_cpus=2)
+
+
 @pytest.mark.slow
-def test_flora_rounds_are_bitwise_the_same_with_and_without_broadcast():
-    import os
-
-    import ray
-
+def test_flora_rounds_are_bitwise_the_same_with_and_without_broadcast(ray_two_cpus):
     from orchestrator.config import load_config
     from orchestrator.driver import Driver
 
-    os.environ["RAY_AUTH_MODE"] = "disabled"
-    started = not ray.is_initialized()
-    if started:
-        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
-    try:
-        cfg = load_config("configs/tiny_llama_smoke.yaml", ["rounds=2", "eval_every=1", "method.name=flora"])
-        runs = []
-        for share in (0, None):  # every shared tensor broadcast, then every job serialised on its own
-            driver = Driver(cfg)
-            driver.pool.share_min_bytes = share
-            try:
-                records = [driver.run_round() for _ in range(2)]
-            finally:
-                driver.shutdown()
-            runs.append((records, driver.state))
-        (shared_records, shared_state), (plain_records, plain_state) = runs
-        assert shared_state.tensors.keys() == plain_state.tensors.keys()
-        for key, value in shared_state.tensors.items():
-            assert torch.equal(value, plain_state.tensors[key]), key
-        skip = {"examples", "client_rows", "similarity", "bytes_serialized"}
-        for a, b in zip(shared_records, plain_records):
-            for key in a.keys() - skip:
-                if not key.startswith("t_") and key != "bytes_serialized_per_job":
-                    assert a[key] == b[key] or (a[key] != a[key] and b[key] != b[key]), key
-            # three clients share dW and the head: each crosses once instead of three times
-            assert a["bytes_serialized"] < a["bytes_serialized_per_job"] == b["bytes_serialized"]
-    finally:
-        if started:
-            ray.shutdown()
+    cfg = load_config("configs/tiny_llama_smoke.yaml", ["rounds=2", "eval_every=1", "method.name=flora"])
+    runs = []
+    for share in (0, None):  # every shared tensor broadcast, then every job serialised on its own
+        driver = Driver(cfg)
+        driver.pool.share_min_bytes = share
+        try:
+            records = [driver.run_round() for _ in range(2)]
+        finally:
+            driver.shutdown()
+        runs.append((records, driver.state))
+    (shared_records, shared_state), (plain_records, plain_state) = runs
+    assert shared_state.tensors.keys() == plain_state.tensors.keys()
+    for key, value in shared_state.tensors.items():
+        assert torch.equal(value, plain_state.tensors[key]), key
+    skip = {"examples", "client_rows", "similarity", "bytes_serialized"}
+    for a, b in zip(shared_records, plain_records):
+        for key in a.keys() - skip:
+            if not key.startswith("t_") and key != "bytes_serialized_per_job":
+                assert a[key] == b[key] or (a[key] != a[key] and b[key] != b[key]), key
+        # three clients share dW and the head: each crosses once instead of three times
+        assert a["bytes_serialized"] < a["bytes_serialized_per_job"] == b["bytes_serialized"]
 
 
 def test_sharing_off_only_counts():

@@ -23,6 +23,7 @@ from orchestrator.methods.base import main_slots
 from sweeps.spec import load_spec_file
 from sweeps.trials import expand
 from tests.method_helpers import make, random_state, run_rounds
+from tests.ray_helpers import local_ray
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples"
@@ -160,13 +161,7 @@ def test_own_csv_example_loads_and_splits():
 # ------------------------------------------------------------------------------ Ray: the examples as run
 @pytest.fixture(scope="module")
 def ray_local():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
+    yield from local_ray(num_cpus=2)
 
 
 @pytest.fixture(scope="module")

@@ -4,11 +4,11 @@ import math
 
 import pytest
 import torch
-from method_helpers import make, random_state, run_rounds
+from method_helpers import make, random_state, ranks_for, run_rounds
 
 from core.wire import DenseDelta, LowRankDelta
 from orchestrator.linalg import PieceUnion, frobenius_of_factors
-from orchestrator.methods import available_methods, method_class
+from orchestrator.methods import available_methods
 from orchestrator.metrics import (
     aggregation_noise,
     fedplora_rankwise_noise,
@@ -137,7 +137,7 @@ def dense_rankwise(starts, updates):
 
 @pytest.mark.parametrize("name", sorted(available_methods()))
 def test_every_methods_metrics_equal_dense_references(name):
-    ranks = [4, 4, 4] if method_class(name).requires_homogeneous else [1, 2, 4]
+    ranks = ranks_for(name, [1, 2, 4])
     m = make(name, ranks, R=4)
     state, _ = run_rounds(m, [[0, 1, 2]])  # non-zero B, FLoRA's dense dW, FlexLoRA's SVD, pFedLoRA's private
     state = random_state(m, seed=3) if name in ("fedplora", "fedit", "hetlora", "ffa_lora") else state

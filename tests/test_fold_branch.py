@@ -12,7 +12,8 @@ import torch
 from core.synthetic import synthetic_update
 from core.wire import LowRankDelta, ModuleSpec
 from orchestrator.method_config import MethodConfig
-from orchestrator.methods import available_methods, build_method, method_class
+from orchestrator.methods import available_methods, build_method
+from tests.method_helpers import ranks_for
 from tests.test_local_training import make_trainer, target_weights
 from workers.evaluation import evaluate_partial
 from workers.train_config import TrainConfig
@@ -26,8 +27,7 @@ R = 4
 def advanced_method(trainer, cfg: MethodConfig, ranks=(1, 2, 4, 4)):
     """The method and its state after one round of synthetic training (non-zero B in every slot)."""
     specs = [ModuleSpec(m, d, k) for m, (d, k) in trainer.shapes().items()]
-    if method_class(cfg.name).requires_homogeneous:
-        ranks = (R,) * len(ranks)
+    ranks = ranks_for(cfg.name, ranks, top=R)
     method = build_method(cfg, specs, list(ranks), R, 0)
     state = method.init_global(None)
     starts = [method.client_start(state, c, 0) for c in range(len(ranks))]

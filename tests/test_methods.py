@@ -5,11 +5,11 @@ import math
 
 import pytest
 import torch
-from method_helpers import MODULES, make, random_state, run_rounds, trained
+from method_helpers import MODULES, make, random_state, ranks_for, run_rounds, trained
 
 from core.wire import ModuleSpec
 from orchestrator.linalg import factored_svd
-from orchestrator.methods import available_methods, method_class
+from orchestrator.methods import available_methods
 from orchestrator.state import GlobalState
 from orchestrator.update_checks import InvalidClientUpdate
 
@@ -306,7 +306,7 @@ def test_bad_update_rejected_with_client_id_and_state_untouched(name, corrupt):
                                   "fedsa_lora", "fedex_lora", "rbla"])
 def test_aggregate_never_changes_a_float64_state_in_place(name):
     """``.to(float64)`` of a float64 tensor is the tensor itself: a rule must not update it in place."""
-    m = make(name, [4, 4, 4] if method_class(name).requires_homogeneous else [1, 2, 4], R=4)
+    m = make(name, ranks_for(name, [1, 2, 4]), R=4)
     state, _ = run_rounds(m, [[0, 1, 2]], state=random_state(m))  # every kind of state tensor exists
     state = GlobalState({k: v.to(F64) for k, v in state.tensors.items()}, state.meta)
     before = {k: v.clone() for k, v in state.tensors.items()}
@@ -326,8 +326,7 @@ def test_zero_updates_is_an_error():
 
 def test_every_method_runs_heterogeneous_rounds():
     for name in available_methods():
-        ranks = [4, 4, 4] if method_class(name).requires_homogeneous else [1, 2, 4]
-        m = make(name, ranks, R=4)
+        m = make(name, ranks_for(name, [1, 2, 4]), R=4)
         state, _ = run_rounds(m, [[0, 1, 2], [2, 0]])
         for module, delta in m.global_delta(state).items():
             assert delta.shape == (m.modules[module].d_out, m.modules[module].k_in)

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from method_helpers import make, random_state, run_rounds, trained
+from method_helpers import make, random_state, ranks_for, run_rounds, trained
 
 from core.wire import ClientUpdate, ModuleSpec
 from orchestrator.checkpoint import load_checkpoint, save_checkpoint
@@ -23,12 +23,6 @@ def update(cid, B, A, n):
 def to_f64(state: GlobalState) -> GlobalState:
     return GlobalState({k: v.to(F64) for k, v in state.tensors.items()}, state.meta)
 
-
-def ranks_for(name: str, hetero: list[int]) -> list[int]:
-    """Heterogeneous ranks, or the top rank for every client for the methods that need equal ranks."""
-    from orchestrator.methods import method_class
-
-    return [max(hetero)] * len(hetero) if method_class(name).requires_homogeneous else hetero
 
 
 # ---- FedSA-LoRA ----------------------------------------------------------------------------------------

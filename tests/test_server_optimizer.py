@@ -4,12 +4,12 @@ import math
 
 import pytest
 import torch
-from method_helpers import make, trained
+from method_helpers import make, ranks_for, trained
 
 from orchestrator.checkpoint import load_checkpoint, save_checkpoint
 from orchestrator.config import load_config
 from orchestrator.method_config import MethodConfig
-from orchestrator.methods import available_methods, method_class
+from orchestrator.methods import available_methods
 from orchestrator.server_optimizer import MOMENT_PREFIX, SERVER_OPTIMIZERS, ServerOptimizer, step_parameters
 
 F64 = torch.float64
@@ -69,9 +69,7 @@ def test_moment_of_another_shape_is_refused():
 
 # ---- every method ---------------------------------------------------------------------------------------
 def method_for(name, optimizer, **cfg):
-    if method_class(name).requires_homogeneous:
-        return make(name, [4, 4, 4], R=4, server_optimizer=optimizer, **cfg)
-    return make(name, [1, 2, 4], R=4, server_optimizer=optimizer, **cfg)
+    return make(name, ranks_for(name, [1, 2, 4]), R=4, server_optimizer=optimizer, **cfg)
 
 
 HEAD = {"classifier.weight": torch.ones(2, 3), "classifier.bias": torch.zeros(2)}

@@ -4,13 +4,14 @@ import dataclasses
 
 import pytest
 import torch
+from method_helpers import ranks_for
 from ray_helpers import local_ray
 from test_driver import assert_same_run, final_state, run_quiet, smoke
 
 from orchestrator.checkpoint import load_checkpoint, save_checkpoint
 from orchestrator.driver import Driver
 from orchestrator.method_config import MethodConfig
-from orchestrator.methods import available_methods, build_method, method_class
+from orchestrator.methods import available_methods, build_method
 from orchestrator.run import main
 from orchestrator.server_optimizer import MOMENT_PREFIX, SERVER_OPTIMIZERS
 
@@ -35,7 +36,7 @@ def use(driver, name, optimizer):
     """Point ``driver`` at a fresh run of ``name`` with ``optimizer`` (the workers are method-agnostic)."""
     cfg = dataclasses.replace(driver.cfg, method=MethodConfig(name=name, server_optimizer=optimizer))
     R = cfg.ranks.max_rank
-    ranks = [R] * driver.num_clients if method_class(name).requires_homogeneous else driver.client_ranks
+    ranks = ranks_for(name, driver.client_ranks, top=R)
     driver.cfg = cfg
     driver.method = build_method(cfg.method, driver.modules, ranks, R, cfg.seed)
     driver.set_state(driver.method.init_global(driver.initial_head), 0)

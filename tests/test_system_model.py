@@ -20,7 +20,7 @@ from orchestrator.system_model import (
 )
 from sweeps.spec import parse_spec
 from sweeps.trials import expand
-from tests.method_helpers import make, random_state, trained
+from tests.method_helpers import make, random_state, ranks_for, trained
 
 SMOKE = "configs/tiny_llama_smoke.yaml"
 
@@ -163,9 +163,7 @@ def test_sweeping_a_system_key_gives_one_trial_per_value():
 @pytest.mark.parametrize("name", available_methods())
 def test_fewer_updates_than_sampled_aggregates_only_those(name):
     """Partial aggregation: starts of 3 clients, updates of 2 == a round that started only those 2."""
-    from orchestrator.methods import method_class
-
-    ranks = [2] * 4 if method_class(name).requires_homogeneous else [1, 2, 4, 3]
+    ranks = ranks_for(name, [1, 2, 4, 3], top=2)
     method = make(name, ranks)
     state = random_state(method)
     starts = [method.client_start(state, c, 0) for c in (0, 1, 3)]

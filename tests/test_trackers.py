@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ray_helpers import local_ray
 from tracker_readers import mlflow_runs, rounds_table, tensorboard_scalars, wandb_history, wandb_records
 
 from orchestrator import trackers as trackers_module
@@ -112,13 +113,7 @@ def _assert_series_equal(logged: dict[str, dict[int, float]], expected: dict[str
 
 @pytest.fixture(scope="module")
 def ray_two_cpus():
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
+    yield from local_ray(num_cpus=2)
 
 
 @pytest.mark.slow
