@@ -43,14 +43,11 @@ def frobenius_of_sum(low_rank: list[tuple[Tensor, Tensor]], dense: list[tuple[Te
         entry[1] += c
     dense_left = [(W, c) for W, c in combined.values() if c != 0.0]
     if dense_left:
-        acc = torch.zeros(dense_left[0][0].shape, dtype=torch.float64)
-        for W, c in dense_left:
-            acc.add_(W.to(torch.float64), alpha=c)
+        B = A = None
         if low_rank:
             B = torch.cat([b.to(torch.float64) for b, _ in low_rank], 1)
             A = torch.cat([a.to(torch.float64) for _, a in low_rank], 0)
-            acc.addmm_(B, A)
-        return float(acc.norm())
+        return _dense_norm(dense_left, B, A)
     if not low_rank:
         return 0.0
     B = torch.cat([b.to(torch.float64) for b, _ in low_rank], 1)
@@ -58,7 +55,33 @@ def frobenius_of_sum(low_rank: list[tuple[Tensor, Tensor]], dense: list[tuple[Te
     return _qr_norm(B, A)
 
 
+DENSE_BLOCK = 1 << 18  # float64 entries per row block of a dense sum (2 MiB: stays in cache)
+
+
+def _dense_norm(dense: list[tuple[Tensor, float]], B: Tensor | None, A: Tensor | None) -> float:
+    """``||sum_u c_u W_u + B A||_F`` in float64, formed one block of rows at a time.
+
+    Each block ``sum_u c_u W_u[rows] + B[rows] A`` is formed in float64 and its squared norm added; a block
+    holds about ``DENSE_BLOCK`` entries, so no ``d x k`` float64 matrix is allocated and the block stays in
+    the cache between the additions (the same sums as the whole-matrix form, row by row).
+    """
+    d, k = dense[0][0].shape
+    step = max(1, DENSE_BLOCK // max(k, 1))
+    square = 0.0
+    for r0 in range(0, d, step):
+        r1 = min(d, r0 + step)
+        W0, c0 = dense[0]
+        acc = W0[r0:r1].to(torch.float64) * c0
+        for W, c in dense[1:]:
+            acc.add_(W[r0:r1].to(torch.float64), alpha=c)
+        if B is not None:
+            acc.addmm_(B[r0:r1], A)
+        square += float(torch.linalg.vector_norm(acc) ** 2)
+    return math.sqrt(square)
+
+
 EPS64 = float(torch.finfo(torch.float64).eps)
+ZERO_PIECE = -1  # the index :meth:`PieceUnion.add` gives a piece that is the zero matrix
 GRAM_REL_TOL = 1e-8  # largest estimated relative rounding error of ||X||_F^2 the Gram route may report
 
 
@@ -91,7 +114,11 @@ class PieceUnion:
         self._Bu = self._Au = torch.zeros(0)
 
     def add(self, B: Tensor, A: Tensor) -> Tensor:
-        """Indices ``(r,)`` of the pieces of ``B @ A`` in the union (copies of held pieces reuse their index)."""
+        """Indices ``(r,)`` of the pieces of ``B @ A`` in the union (copies of held pieces reuse their index).
+
+        A zero piece (its column of ``B`` or its row of ``A`` is all zeros, e.g. LoRA's ``B = 0`` init) adds
+        nothing to any sum: it gets the index ``ZERO_PIECE`` and no row in the Gram matrices.
+        """
         if B.shape[0] != self.d or A.shape[1] != self.k or B.shape[1] != A.shape[0]:
             raise ValueError(f"term B {tuple(B.shape)} / A {tuple(A.shape)} does not fit ({self.d}, {self.k})")
         seen = self._terms.get((id(B), id(A)))
@@ -103,8 +130,12 @@ class PieceUnion:
 
     def _add_pieces(self, B: Tensor, A: Tensor) -> Tensor:
         fb, fa = _fingerprints(B, 0), _fingerprints(A, 1)
+        live = ((B != 0).any(0) & (A != 0).any(1)).tolist()
         out, new_cols = [], []
         for i, key in enumerate(zip(fb, fa)):
+            if not live[i]:  # b = 0 or a = 0: the piece is the zero matrix, held by no index
+                out.append(ZERO_PIECE)
+                continue
             key = (B.dtype, A.dtype, *key)
             b, a = B[:, i], A[i]
             found = next((j for j in self._keys.get(key, ())
@@ -135,6 +166,7 @@ class PieceUnion:
         """``||sum c * (pieces idx)||_F`` for ``terms = [(idx, c), ...]`` (indices from :meth:`add`)."""
         c = torch.zeros(len(self), dtype=torch.float64)
         for idx, coeff in terms:
+            idx = idx[idx != ZERO_PIECE]
             c.index_add_(0, idx, torch.full((len(idx),), float(coeff), dtype=torch.float64))
         nz = torch.nonzero(c).flatten()
         if len(nz) == 0:

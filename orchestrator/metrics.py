@@ -40,12 +40,19 @@ from orchestrator.linalg import PieceUnion, frobenius_of_factors, frobenius_of_s
 F64 = torch.float64
 
 
-def init_noise_function(global_delta: dict[ModuleName, Delta], start: ClientStart) -> float:
+GlobalDelta = dict[ModuleName, Delta | tuple[Delta, ...]]  # per module: the delta, or its terms (summed)
+
+
+def _terms(delta: Delta | tuple[Delta, ...]) -> tuple[Delta, ...]:
+    return delta if isinstance(delta, tuple) else (delta,)
+
+
+def init_noise_function(global_delta: GlobalDelta, start: ClientStart) -> float:
     """``sum_m ||dW_global,m - dW_start,m||_F`` for one client (see :func:`init_noise_functions`)."""
     return init_noise_functions(global_delta, [start])[0]
 
 
-def init_noise_functions(global_delta: dict[ModuleName, Delta], starts: list[ClientStart]) -> list[float]:
+def init_noise_functions(global_delta: GlobalDelta, starts: list[ClientStart]) -> list[float]:
     """``sum_m ||dW_global,m - dW_start_i,m||_F`` for every client ``i`` of ``starts``.
 
     Per module, the global delta and every client's fold and shipped adapter inits are pieces of one
@@ -56,7 +63,7 @@ def init_noise_functions(global_delta: dict[ModuleName, Delta], starts: list[Cli
     for module, delta in global_delta.items():
         sums = []
         for start in starts:
-            terms: list[tuple[Delta, float]] = [(delta, 1.0)]
+            terms: list[tuple[Delta, float]] = [(t, 1.0) for t in _terms(delta)]
             if module in start.fold:
                 terms.append((start.fold[module], -1.0))
             for name in start.upload:
@@ -81,7 +88,7 @@ def norms_of_sums(sums: list[list[tuple[Delta, float]]]) -> list[float]:
     if shape is None:
         return [0.0] * len(sums)
     union = PieceUnion(*shape)
-    out = []
+    split = []  # every piece enters the union before the first norm: one Gram matrix for all the sums
     for terms in sums:
         low: list[tuple[Tensor, float]] = []
         dense: dict[int, list] = {}
@@ -90,7 +97,9 @@ def norms_of_sums(sums: list[list[tuple[Delta, float]]]) -> list[float]:
                 low.append((union.add(delta.B, delta.A), coeff * delta.scale))
             else:
                 dense.setdefault(id(delta.W), [delta.W, 0.0])[1] += coeff
-        dense_left = [(W, c) for W, c in dense.values() if c != 0.0]
+        split.append((low, [(W, c) for W, c in dense.values() if c != 0.0]))
+    out = []
+    for terms, (low, dense_left) in zip(sums, split):
         if dense_left:
             factors = [(d.B.to(F64) * (c * d.scale), d.A) for d, c in terms if isinstance(d, LowRankDelta)]
             out.append(frobenius_of_sum(factors, dense_left))
@@ -118,10 +127,11 @@ def init_noise_params(global_factors: dict[ModuleName, tuple[Tensor, Tensor]] | 
     if global_factors is None:
         return None
     totals = [0.0] * len(starts)
-    for module, (Bg, Ag) in global_factors.items():
-        Bg, Ag = Bg.to(F64), Ag.to(F64)
+    for module, (Bg0, Ag0) in global_factors.items():
+        Bg, Ag = Bg0.to(F64), Ag0.to(F64)
         R = Ag.shape[0]
         norms_B, norms_A = (Bg * Bg).sum(0), (Ag * Ag).sum(1)  # (R,) squared slot norms
+        held_cache: dict[tuple, tuple[float, float]] = {}  # clients sharing an adapter's tensors: computed once
         for c, start in enumerate(starts):
             holder: dict[int, tuple[Any, int] | None] = {}  # slot -> (init, row), None when folded
             fresh: list[tuple[Any, int]] = []
@@ -145,9 +155,10 @@ def init_noise_params(global_factors: dict[ModuleName, tuple[Tensor, Tensor]] | 
                     entry[1].append(slot)
                     entry[2].append(held[1])
             for init, slots, rows in groups.values():
-                j, i = torch.tensor(slots), torch.tensor(rows)
-                dB += float(((Bg[:, j] - init.B[:, i].to(F64)) ** 2).sum())
-                dA += float(((Ag[j] - init.A[i].to(F64)) ** 2).sum())
+                key = (id(init.B), id(init.A), tuple(slots), tuple(rows))
+                if key not in held_cache:
+                    held_cache[key] = _held_distance(Bg0, Ag0, Bg, Ag, init.B, init.A, slots, rows)
+                dB, dA = dB + held_cache[key][0], dA + held_cache[key][1]
             for init, i in fresh:
                 dB += float((init.B[:, i].to(F64) ** 2).sum())
                 dA += float((init.A[i].to(F64) ** 2).sum())
@@ -155,7 +166,21 @@ def init_noise_params(global_factors: dict[ModuleName, tuple[Tensor, Tensor]] | 
     return totals
 
 
-def aggregation_noise(new_global: dict[ModuleName, Delta], starts: list[ClientStart],
+def _held_distance(Bg0: Tensor, Ag0: Tensor, Bg: Tensor, Ag: Tensor, B: Tensor, A: Tensor, slots: list[int],
+                   rows: list[int]) -> tuple[float, float]:
+    """``(sum_j ||Bg[:, slots_j] - B[:, rows_j]||^2, sum_j ||Ag[slots_j] - A[rows_j]||^2)`` in float64.
+
+    Exactly ``(0, 0)`` without arithmetic when the adapter holds the global tensors themselves, slot for slot
+    (every client of FedIT-like methods). ``Bg0, Ag0`` are the global factors as stored, ``Bg, Ag`` in float64.
+    """
+    if B is Bg0 and A is Ag0 and slots == rows:
+        return 0.0, 0.0
+    j, i = torch.tensor(slots), torch.tensor(rows)
+    return (float(((Bg.index_select(1, j) - B.index_select(1, i).to(F64)) ** 2).sum()),
+            float(((Ag.index_select(0, j) - A.index_select(0, i).to(F64)) ** 2).sum()))
+
+
+def aggregation_noise(new_global: GlobalDelta, starts: list[ClientStart],
                       updates: list[ClientUpdate], weights: dict[int, float]) -> float:
     """``sum_m ||sum_i p_i (fold_i + s B_i A_i) - dW_new||_F`` (one sum per module, see :func:`norms_of_sums`).
 
@@ -165,7 +190,7 @@ def aggregation_noise(new_global: dict[ModuleName, Delta], starts: list[ClientSt
     by_id = {s.client_id: s for s in starts}
     total = 0.0
     for module, delta in new_global.items():
-        terms: list[tuple[Delta, float]] = [(delta, -1.0)]
+        terms: list[tuple[Delta, float]] = [(t, -1.0) for t in _terms(delta)]
         for u in updates:
             start, p = by_id[u.client_id], weights[u.client_id]
             if module in start.fold:
@@ -185,11 +210,11 @@ def noise_metrics(method: Any, old_state: Any, starts: list[ClientStart], agg: A
     started from and ``agg`` its :class:`~orchestrator.state.Aggregation`. The aggregation noise uses the
     updates as the server aggregated them (``agg.used``, e.g. HETLoRA's pruned adapters), not as uploaded.
     """
-    glob, factors = method.global_delta(old_state), method.global_factors(old_state)
+    glob, factors = method.global_terms(old_state), method.global_factors(old_state)
     out = {"init_noise_fn": sum(init_noise_functions(glob, starts))}
     params = init_noise_params(factors, starts)
     out["init_noise_param"] = float("nan") if params is None else sum(params)
-    out["agg_noise"] = aggregation_noise(method.global_delta(agg.state), starts, agg.used, agg.weights)
+    out["agg_noise"] = aggregation_noise(method.global_terms(agg.state), starts, agg.used, agg.weights)
     out.update(method.extra_noise(starts, agg.used))
     return out
 

@@ -175,3 +175,97 @@ def test_every_methods_metrics_equal_dense_references(name):
     if name == "fedplora":
         assert fedplora_rankwise_noise(starts, updates) == pytest.approx(dense_rankwise(starts, updates), rel=1e-9)
         assert init_noise_functions(glob, starts) == [0.0] * len(starts)  # the fold cancels bitwise
+
+
+# ---- the cheaper algebra at scale: zero pieces, one Gram per union, blocked dense sums, shared adapters, terms ---
+
+
+def test_zero_pieces_hold_no_gram_row_and_add_nothing():
+    g = torch.Generator().manual_seed(4)
+    B, A = torch.randn(8, 3, generator=g), torch.randn(3, 6, generator=g)
+    B[:, 1] = 0.0  # LoRA's B = 0 init on one rank, and a zero row of A on another
+    A2 = torch.randn(2, 6, generator=g)
+    A2[0] = 0.0
+    B2 = torch.randn(8, 2, generator=g)
+    union = PieceUnion(8, 6)
+    assert union.add(B, A).tolist() == [0, -1, 1] and union.add(B2, A2).tolist() == [-1, 2] and len(union) == 3
+    sums = [[(LowRankDelta(B, A, 0.5), 1.0), (LowRankDelta(B2, A2), -2.0)],
+            [(LowRankDelta(torch.zeros(8, 2), torch.randn(2, 6, generator=g)), 1.0)]]
+    got = norms_of_sums(sums)
+    assert got[0] == pytest.approx(dense_norm(sums[0]), rel=1e-12) and got[1] == 0.0
+
+
+def test_all_pieces_enter_one_gram_before_the_first_norm(monkeypatch):
+    calls = []
+    original = PieceUnion.gram
+
+    def counted(self):
+        calls.append(self._H is None)  # a recomputation
+        return original(self)
+
+    monkeypatch.setattr(PieceUnion, "gram", counted)
+    sums = random_sums(7)[:3]  # low-rank only: every sum is a norm on the union
+    got = norms_of_sums(sums)
+    assert sum(calls) == 1
+    for terms, value in zip(sums, got):
+        assert value == pytest.approx(dense_norm(terms), rel=1e-12)
+
+
+@pytest.mark.parametrize("block", [1, 7, 30, 1 << 18])
+def test_dense_sums_formed_by_row_blocks_equal_the_whole_matrix(monkeypatch, block):
+    import orchestrator.linalg as linalg
+
+    monkeypatch.setattr(linalg, "DENSE_BLOCK", block)  # 1 entry: one row per block; 7: rows of a 5-wide k
+    g = torch.Generator().manual_seed(5)
+    d, k = 11, 5
+    W1, W2 = torch.randn(d, k, generator=g), torch.randn(d, k, generator=g, dtype=F64)
+    low = [(torch.randn(d, r, generator=g), torch.randn(r, k, generator=g)) for r in (1, 3, 4)]  # mixed ranks
+    ref = (W1.double() * 0.3 - 2.0 * W2 + sum(b.double() @ a.double() for b, a in low)).norm()
+    assert linalg.frobenius_of_sum(low, [(W1, 0.3), (W2, -2.0)]) == pytest.approx(float(ref), rel=1e-13)
+    assert linalg.frobenius_of_sum([], [(W1, 1.0), (W1, -0.25)]) == pytest.approx(0.75 * float(W1.double().norm()))
+
+
+def test_param_noise_of_clients_sharing_adapter_tensors_with_different_slot_maps():
+    from core.wire import AdapterInit, ClientStart
+
+    g = torch.Generator().manual_seed(6)
+    Bg, Ag = torch.randn(7, 4, generator=g), torch.randn(4, 5, generator=g)
+    other_B, other_A = torch.randn(7, 2, generator=g), torch.randn(2, 5, generator=g)
+
+    def start(cid, B, A, slots):
+        return ClientStart(client_id=cid, round=0, seed=0, rank=len(slots), fold={},
+                           adapters={"main": {"m": AdapterInit(B, A, 1.0, slots=tuple(slots))}})
+
+    starts = [start(0, Bg, Ag, [0, 1, 2, 3]),  # the global tensors slot for slot: exactly 0
+              start(1, Bg, Ag, [0, 1, 2, 3]),
+              start(2, Bg, Ag, [1, 0, 3, 2]),  # the same tensors, permuted slots: not 0
+              start(3, Bg[:, :2].clone(), Ag[:2].clone(), [0, 1]),  # bitwise copies of a prefix
+              start(4, other_B, other_A, [2, None]),  # one held slot, one fresh rank
+              start(5, other_B, other_A, [3, 1])]  # same tensors as client 4, other slots
+    factors = {"m": (Bg, Ag)}
+    got = init_noise_params(factors, starts)
+    assert got[0] == got[1] == 0.0
+    for s, value in zip(starts, got):
+        assert value == pytest.approx(padded_param_noise(factors, s), rel=1e-12, abs=1e-15)
+    assert got[2] > 1.0 and got[4] != got[5]
+
+
+def test_fedex_lora_metrics_take_the_global_as_its_exact_terms():
+    from orchestrator.metrics import noise_metrics
+
+    m = make("fedex_lora", [4, 4, 4], R=4)
+    state, _ = run_rounds(m, [[0, 1, 2]])
+    _, (old, starts, updates, agg) = run_rounds(m, [[0, 1, 2]], state=state)
+    for mod, (dense, low) in m.global_terms(old).items():
+        rounded = m.global_delta(old)[mod].W
+        assert torch.allclose(dense.W.double() + low.dense(F64), rounded.double(), rtol=1e-6, atol=1e-7)
+    out = noise_metrics(m, old, starts, agg)
+    assert out["init_noise_fn"] == 0.0  # the fold is the global dW itself, the adapters the global B, A
+    ref = 0.0
+    for mod, (dense, low) in m.global_terms(agg.state).items():
+        ideal = sum(agg.weights[u.client_id] * (s.fold[mod].W.double() + m.scale * u.adapters["main"][mod][0].double()
+                                                @ u.adapters["main"][mod][1].double())
+                    for s, u in zip(starts, agg.used))
+        ref += float((ideal - dense.W.double() - low.dense(F64)).norm())
+    assert out["agg_noise"] == pytest.approx(ref, rel=1e-9, abs=1e-12)
+    assert 0.0 < out["agg_noise"] < 1e-4  # the exact residual fold: only the float32 rounding of dW remains

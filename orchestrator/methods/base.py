@@ -102,6 +102,15 @@ class FederatedMethod(ABC):
     def global_delta(self, state: GlobalState) -> dict[ModuleName, Delta]:
         """The delta on ``W0`` that the global model evaluates."""
 
+    def global_terms(self, state: GlobalState) -> dict[ModuleName, tuple[Delta, ...]]:
+        """The global delta as the sum of the terms the state holds, exact (what the noise metrics measure).
+
+        Default: the one term :meth:`global_delta`. A method whose evaluated delta is a rounded dense sum of
+        state tensors (FedEx-LoRA's ``dW + s B A``) returns the terms themselves, so that the metrics see the
+        state's exact value and can cancel terms shared with the clients' starts (no dense ``d x k`` work).
+        """
+        return {m: (delta,) for m, delta in self.global_delta(state).items()}
+
     def personal_delta(self, state: GlobalState, client_id: int) -> dict[ModuleName, Delta] | None:
         """Deltas of client ``client_id``'s personalized model, or ``None`` for non-personalized methods."""
         return None

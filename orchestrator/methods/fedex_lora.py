@@ -11,14 +11,15 @@ the clients' models, exactly (up to the float32 rounding of the stored ``dW``). 
 (default; the paper's ``1/k`` and the official code's plain mean) or ``data``. The residual is computed in
 float64 from the stored (rounded) ``B'``, ``A'``. The client's fold is the dense ``dW`` (O(dk) downlink,
 as FLoRA); its start-of-round function is the global model. The evaluated delta is ``dW + s B A``
-(dense). With one client per round the residual is exactly zero and FedEx-LoRA is FedIT.
+(dense, rounded to float32); the noise metrics take it as its two terms (``global_terms``). With one
+client per round the residual is exactly zero and FedEx-LoRA is FedIT.
 """
 
 from __future__ import annotations
 
 import torch
 
-from core.wire import ClientStart, DenseDelta
+from core.wire import ClientStart, DenseDelta, LowRankDelta
 from orchestrator.methods.fedit import FedIT, average_slots
 from orchestrator.methods.registry import register
 from orchestrator.state import HEAD_PREFIX, GlobalState
@@ -81,6 +82,15 @@ class FedExLoRA(FedIT):
             new.tensors[f"{m}/dW"] = dW.to(state.tensors[f"{m}/dW"].dtype)
         new.tensors.update({k: v for k, v in params.items() if k.startswith(HEAD_PREFIX)})
         return new
+
+    def global_terms(self, state):
+        """``(dW, s B A)`` per module: the evaluated delta before its float32 rounding.
+
+        The clients' fold is the same ``dW`` tensor and their adapters start from the same ``B, A``, so the
+        function-space init noise cancels exactly, with no dense ``d x k`` sum.
+        """
+        return {m: (DenseDelta(state.tensors[f"{m}/dW"]), LowRankDelta(*self.factors(state, m), self.scale))
+                for m in self.modules}
 
     def global_delta(self, state):
         out = {}
