@@ -51,13 +51,19 @@ import reference_metrics as before  # noqa: E402
 from bench_server import prepared_round, scale_modules  # noqa: E402
 from machine import load_average  # noqa: E402
 from machine import machine_info as _machine_info  # noqa: E402
-from result_files import rerender, result_path, write_result  # noqa: E402
+from result_files import read_result, rerender, result_path, write_result  # noqa: E402
 
 from core.synthetic import synthetic_update  # noqa: E402
 from core.wire import ModuleSpec  # noqa: E402
 from orchestrator.method_config import MethodConfig  # noqa: E402
 from orchestrator.methods import available_methods, build_method  # noqa: E402
-from orchestrator.metrics import module_cosine_similarity, noise_metrics  # noqa: E402
+from orchestrator.metrics import (  # noqa: E402
+    aggregation_noise,
+    init_noise_functions,
+    init_noise_params,
+    module_cosine_similarity,
+    noise_metrics,
+)
 from workers.data import Example  # noqa: E402
 from workers.export import export_adapter, export_adapter_peft  # noqa: E402
 from workers.local_training import LocalTrainer  # noqa: E402
@@ -217,6 +223,15 @@ def similarity(starts, updates, module):
     return module_cosine_similarity(starts, updates, module, rank)
 
 
+def metric_parts(method, state, starts, agg) -> dict:
+    """The current path's metrics one by one (what ``noise_metrics`` computes), for the per-metric times."""
+    glob, new = method.global_terms(state), method.global_terms(agg.state)
+    return {"init_noise_fn": lambda: init_noise_functions(glob, starts),
+            "init_noise_param": lambda: init_noise_params(method.global_factors(state), starts),
+            "agg_noise": lambda: aggregation_noise(new, starts, agg.used, agg.weights),
+            "extra": lambda: method.extra_noise(starts, agg.used)}
+
+
 def bench_metrics(name: str, scale: dict, args, threads: list[int]) -> list[dict]:
     shapes = (("q_proj", scale["hidden"], scale["hidden"]),
               ("v_proj", scale["kv_heads"] * scale["hidden"] // scale["heads"], scale["hidden"]))
@@ -224,33 +239,35 @@ def bench_metrics(name: str, scale: dict, args, threads: list[int]) -> list[dict
     modules = scale_modules(sub)
     factor = scale["depth"] / args.metrics_layers
     rows = []
-    for method_name in available_methods():
+    methods = args.methods.split(",") if args.methods else available_methods()
+    for method_name in methods:
         method, state, updates = prepared_round(method_name, modules)
         starts = [method.client_start(state, c, 1) for c in range(len(RANKS))]
         agg = method.aggregate(state, starts, updates)
         first = modules[0].name
         for n in threads:
             torch.set_num_threads(n)
-            t_old = timed(lambda: (old_metrics(method, state, starts, agg), similarity(starts, agg.used, first)),
-                          args.repeats)
-            t_new = timed(lambda: (noise_metrics(method, state, starts, agg), similarity(starts, agg.used, first)),
-                          args.repeats)
-            t_agg = timed(lambda: method.aggregate(state, starts, updates), args.repeats) if method_name == "flora" \
-                else None
+            t_old = timed(lambda: old_metrics(method, state, starts, agg), args.repeats)
+            t_new = timed(lambda: noise_metrics(method, state, starts, agg), args.repeats)
+            t_sim = timed(lambda: similarity(starts, agg.used, first), args.repeats)
+            parts = {k: factor * statistics.median(timed(f, args.repeats))
+                     for k, f in metric_parts(method, state, starts, agg).items()}
+            t_agg = timed(lambda: method.aggregate(state, starts, updates), args.repeats)
             v_old, v_new = old_metrics(method, state, starts, agg), noise_metrics(method, state, starts, agg)
             diffs = {k: abs(v_new[k] - v_old[k]) / max(abs(v_old[k]), 1e-300) for k in v_old
                      if k in v_new and v_old[k] == v_old[k] and abs(v_old[k]) > 1e-6}
             absdiff = {k: abs(v_new[k] - v_old[k]) for k in v_old if k in v_new and v_old[k] == v_old[k]}
+            sim_s = statistics.median(t_sim)  # one module per round, whatever the depth
             row = {"method": method_name, "scale": name, "threads": n, "layers_timed": args.metrics_layers,
-                   "depth": scale["depth"], "before_s": factor * statistics.median(t_old),
-                   "after_s": factor * statistics.median(t_new), "values_before": v_old, "values_after": v_new,
+                   "depth": scale["depth"], "before_s": factor * statistics.median(t_old) + sim_s,
+                   "after_s": factor * statistics.median(t_new) + sim_s, "similarity_s": sim_s,
+                   "after_parts_s": parts, "aggregate_s": factor * statistics.median(t_agg),
+                   "values_before": v_old, "values_after": v_new,
                    "max_rel_diff": max(diffs.values(), default=0.0), "abs_diff": absdiff}
-            if t_agg:
-                row["flora_aggregate_s"] = factor * statistics.median(t_agg)
             rows.append(row)
-            print(f"  [{name}] metrics {method_name:9s} {n:2d} thread(s): before {row['before_s']:.3f} s, after "
-                  f"{row['after_s']:.3f} s per round (max rel diff {row['max_rel_diff']:.1e})"
-                  + (f"; FLoRA aggregate {row['flora_aggregate_s']:.2f} s" if t_agg else ""), flush=True)
+            print(f"  [{name}] metrics {method_name:10s} {n:2d} thread(s): before {row['before_s']:.3f} s, after "
+                  f"{row['after_s']:.3f} s per round (" + ", ".join(f"{k} {v:.3f}" for k, v in parts.items())
+                  + f"; max rel diff {row['max_rel_diff']:.1e}); aggregate {row['aggregate_s']:.2f} s", flush=True)
         gc.collect()
     return rows
 
@@ -258,6 +275,18 @@ def bench_metrics(name: str, scale: dict, args, threads: list[int]) -> list[dict
 # ---- report --------------------------------------------------------------------------------------------------
 def fmt(x: float, digits: int = 3) -> str:
     return f"{x:,.{digits}g}" if abs(x) < 1000 else f"{x:,.0f}"
+
+
+SECTIONS = ("fold", "export", "metrics")
+
+
+def kept_note(result: dict, section: str) -> list[str]:
+    """A line saying which earlier run a section's numbers come from, when this run did not measure it."""
+    kept = result.get("kept", {}).get(section)
+    if not kept:
+        return []
+    return [f"(Kept from the run of {kept['date_utc']}, load average {kept['loadavg_start']} at start, "
+            f"{kept.get('loadavg_end')} at end: `{kept['command']}`.)", ""]
 
 
 def markdown(result: dict) -> str:
@@ -276,6 +305,7 @@ def markdown(result: dict) -> str:
         "",
         "## 1. Fold per job (Fed-PLoRA client, R = 16)",
         "",
+        *kept_note(result, "fold"),
         "| scale | layers (real) | client rank | fold rank | fold modes | prepare dense ms | prepare branch ms "
         "| speedup | prepare dense, real depth ms | prepare branch, real depth ms | 1-step job dense ms | 1-step job "
         "branch ms |",
@@ -294,7 +324,7 @@ def markdown(result: dict) -> str:
               f"job adds one AdamW step on {result['fold'][0]['batch']} x {result['fold'][0]['tokens']} tokens "
               "and the factor extraction (the MLP is narrower than the real one, so the step is cheaper than the "
               "real model's).", "",
-              "## 2. Export", "",
+              "## 2. Export", "", *kept_note(result, "export"),
               "| scale | layers | factors only ms | PEFT on a loaded base ms | RSS growth factors MiB | RSS growth "
               "PEFT MiB | adapter bytes | same tensors | base model the old path loads (real depth, bf16) |",
               "|---|---:|---:|---:|---:|---:|---:|---|---:|"]
@@ -309,19 +339,29 @@ def markdown(result: dict) -> str:
     lines += ["", "The previous path's time includes building the few-layer random model (its stand-in for loading "
               "the checkpoint; reading the real weights takes far longer); RSS growth is the process's resident "
               "memory after minus before (memory freed in between is not seen).", "",
-              "## 3. Driver metrics per round (10 participants)", "",
-              "| method | scale | threads | before s | after s | speedup | max rel. diff of values | FLoRA aggregate s |",
-              "|---|---|---:|---:|---:|---:|---:|---:|"]
+              "## 3. Driver metrics per round (10 participants)", ""]
+    lines += kept_note(result, "metrics")
+    lines += ["| method | scale | threads | before s | after s | speedup | after: init fn / init param / agg / extra s "
+              "| similarity s | max rel. diff of values | aggregate s |",
+              "|---|---|---:|---:|---:|---:|---|---:|---:|---:|"]
     for r in result["metrics"]:
+        parts = r.get("after_parts_s")
+        agg_s = r.get("aggregate_s", r.get("flora_aggregate_s"))
         lines.append(
             f"| {r['method']} | {r['scale']} | {r['threads']} | {fmt(r['before_s'])} | {fmt(r['after_s'])} | "
-            f"{r['before_s'] / r['after_s']:.1f}x | {r['max_rel_diff']:.1e} | "
-            f"{fmt(r['flora_aggregate_s']) if 'flora_aggregate_s' in r else ''} |")
+            f"{r['before_s'] / r['after_s']:.1f}x | {' / '.join(fmt(v) for v in parts.values()) if parts else ''} | "
+            f"{fmt(r['similarity_s']) if 'similarity_s' in r else ''} | {r['max_rel_diff']:.1e} | "
+            f"{fmt(agg_s) if agg_s is not None else ''} |")
     lines += ["", f"Per round at the real depth: the metrics on by default (init noise function and parameter "
-              f"space, aggregation noise, Fed-PLoRA's rank-wise noise, the similarity of one module), timed on "
-              f"{result['metrics'][0]['layers_timed'] if result['metrics'] else '-'} layer(s) and scaled. Max rel. "
-              "diff: between the previous and the current values, over the metrics whose value exceeds 1e-6 "
-              "(values at rounding level, e.g. FlexLoRA's aggregation noise, differ in their rounding only)."]
+              f"space, aggregation noise, the method's extra: Fed-PLoRA's rank-wise noise), timed on "
+              f"{result['metrics'][0]['layers_timed'] if result['metrics'] else '-'} layer(s) and scaled, plus the "
+              "similarity of one module (once per round, not scaled). Before: `benchmarks/reference_metrics.py`; "
+              "after: `orchestrator.metrics.noise_metrics`, also split by metric. Aggregate: the method's "
+              "`aggregate` (server math, not a metric; FLoRA's and FedEx-LoRA's form dense `d x k` updates), scaled "
+              "the same way. Max rel. diff: between the previous and the current values, over the metrics whose "
+              "value exceeds 1e-6 (values at rounding level, e.g. FlexLoRA's aggregation noise, differ in their "
+              "rounding only; FedEx-LoRA's global is now its exact terms `dW + s B A` rather than their float32 "
+              "sum, so its init noise is exactly 0 where the previous path measured that rounding)."]
     return "\n".join(lines) + "\n"
 
 
@@ -337,6 +377,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--threads", default="1,0", help="torch threads for the metrics (0 = all cores)")
     p.add_argument("--fold-threads", type=int, default=0, help="torch threads for fold and export (0 = all cores)")
+    p.add_argument("--sections", default=",".join(SECTIONS),
+                   help=f"comma-separated, from {list(SECTIONS)}; the others are kept from the existing result file")
+    p.add_argument("--methods", default="", help="comma-separated methods for the metrics (default: all)")
     p.add_argument("--out", default=None)
     p.add_argument("--quick", action="store_true", help="tiny widths, 1 repeat, 1 thread, a temp folder (CI smoke run)")
     p.add_argument("--render", metavar="JSON", help="only rewrite the markdown next to an existing result JSON")
@@ -359,17 +402,35 @@ def main(argv: list[str] | None = None) -> dict:
         "command": " ".join(["python", os.path.relpath(os.path.abspath(__file__), ROOT)] + argv_used),
         "machine": _machine_info(python=platform.python_version(), torch=torch.__version__),
         "args": vars(args), "fold": [], "export": [], "metrics": []}
+    sections = args.sections.split(",")
+    for sec in sections:
+        if sec not in SECTIONS:
+            p.error(f"unknown section {sec!r}; choose from {list(SECTIONS)}")
+    path = result_path(args.out, "scale", args.quick)
+    if set(sections) != set(SECTIONS):  # the sections not measured now come from the recorded run
+        if not path.exists():
+            p.error(f"--sections {args.sections} keeps the other sections from {path}, which does not exist")
+        previous = read_result(path)
+        for sec in SECTIONS:
+            if sec not in sections:
+                result[sec] = previous[sec]
+                result.setdefault("kept", {})[sec] = previous.get("kept", {}).get(sec) or {
+                    "command": previous["command"], **{k: previous["machine"].get(k) for k in
+                                                       ("date_utc", "loadavg_start", "loadavg_end")}}
     print(f"machine: {result['machine']}", flush=True)
     for n in names:
         torch.set_num_threads(args.fold_threads or os.cpu_count() or 1)
-        result["fold"].append(bench_fold(n, scales[n], args))
-        result["export"].append(bench_export(n, scales[n], args))
-        result["metrics"] += bench_metrics(n, scales[n], args, threads)
+        if "fold" in sections:
+            result["fold"].append(bench_fold(n, scales[n], args))
+        if "export" in sections:
+            result["export"].append(bench_export(n, scales[n], args))
+        if "metrics" in sections:
+            result["metrics"] += bench_metrics(n, scales[n], args, threads)
     result["machine"]["loadavg_end"] = load_average()
     result["wall_s"] = time.perf_counter() - t_wall
     text = markdown(result)
     print(text)
-    write_result(result_path(args.out, "scale", args.quick), result, text)
+    write_result(path, result, text)
     return result
 
 

@@ -38,7 +38,7 @@ from orchestrator.state import GlobalState
 from orchestrator.system_model import RoundPlan, SystemModel, job_work
 from workers.actor import make_worker
 from workers.eval_results import combine, example_rows, shard_ranges
-from workers.resources import resolve_resources
+from workers.resources import resolve_resources, torch_threads
 
 
 class WorkerStartupError(RuntimeError):
@@ -158,11 +158,12 @@ class Driver:
 
         t0 = time.perf_counter()
         record: dict[str, Any] = {"round": t + 1, "method": cfg.method.name, "clients": len(clients)}
-        record.update(noise_metrics(self.method, self.state, starts, agg) if cfg.metrics.noise else {})
+        with torch_threads(cfg.resources.metrics_threads):  # the workers are idle: the driver may use every core
+            record.update(noise_metrics(self.method, self.state, starts, agg) if cfg.metrics.noise else {})
+            similarity = self._similarity(starts, updates)
         down, up = round_bytes(starts, updates)
         record.update(bytes_down=down, bytes_up=up, bytes_serialized=sent.serialized,
                       bytes_serialized_per_job=sent.per_job)
-        similarity = self._similarity(starts, updates)
         t_metrics = time.perf_counter() - t0
 
         self.state = stepped

@@ -117,7 +117,8 @@ class PieceUnion:
         """Indices ``(r,)`` of the pieces of ``B @ A`` in the union (copies of held pieces reuse their index).
 
         A zero piece (its column of ``B`` or its row of ``A`` is all zeros, e.g. LoRA's ``B = 0`` init) adds
-        nothing to any sum: it gets the index ``ZERO_PIECE`` and no row in the Gram matrices.
+        nothing to any sum. When the whole ``B`` or ``A`` is zero, its pieces get the index ``ZERO_PIECE`` and no
+        row in the Gram matrices; a single zero column or row has a zero Gram diagonal and drops out in :meth:`norm`.
         """
         if B.shape[0] != self.d or A.shape[1] != self.k or B.shape[1] != A.shape[0]:
             raise ValueError(f"term B {tuple(B.shape)} / A {tuple(A.shape)} does not fit ({self.d}, {self.k})")
@@ -129,13 +130,11 @@ class PieceUnion:
         return idx
 
     def _add_pieces(self, B: Tensor, A: Tensor) -> Tensor:
+        if not (bool(B.any()) and bool(A.any())):  # B = 0 or A = 0: every piece is the zero matrix
+            return torch.full((B.shape[1],), ZERO_PIECE, dtype=torch.long)
         fb, fa = _fingerprints(B, 0), _fingerprints(A, 1)
-        live = ((B != 0).any(0) & (A != 0).any(1)).tolist()
         out, new_cols = [], []
         for i, key in enumerate(zip(fb, fa)):
-            if not live[i]:  # b = 0 or a = 0: the piece is the zero matrix, held by no index
-                out.append(ZERO_PIECE)
-                continue
             key = (B.dtype, A.dtype, *key)
             b, a = B[:, i], A[i]
             found = next((j for j in self._keys.get(key, ())
@@ -157,8 +156,16 @@ class PieceUnion:
     def gram(self) -> Tensor:
         """``H = (B_u^T B_u) * (A_u A_u^T)``, ``(M, M)`` float64."""
         if self._H is None:  # pieces in index order: blocks in the order they were added
-            self._Bu = torch.cat([B.index_select(1, c).to(torch.float64) for B, _, c in self._blocks], 1)  # (d, M)
-            self._Au = torch.cat([A.index_select(0, c).to(torch.float64) for _, A, c in self._blocks], 0)  # (M, k)
+            M = len(self)
+            self._Bu = torch.empty(self.d, M, dtype=torch.float64)  # (d, M)
+            self._Au = torch.empty(M, self.k, dtype=torch.float64)  # (M, k)
+            at = 0
+            for B, A, c in self._blocks:  # each block converted to float64 in place, one pass
+                n = len(c)
+                whole = n == B.shape[1]
+                self._Bu[:, at:at + n].copy_(B if whole else B.index_select(1, c))
+                self._Au[at:at + n].copy_(A if whole else A.index_select(0, c))
+                at += n
             self._H = (self._Bu.T @ self._Bu) * (self._Au @ self._Au.T)
         return self._H
 

@@ -13,7 +13,7 @@ Definitions (Fed-PLoRA paper sec. 3.1 and 3.4; DESIGN.md section 4):
 - **Aggregation noise** (the paper's Eq. 3 on effective adapters): ``sum_m ||ideal_m - dW_new,m||_F`` with
   ``ideal = sum_i p_i (fold_i + s B_i A_i)``, the weighted mean (the method's aggregation weights
   ``p_i``) of the clients' effective end-of-round deltas (the adapters as the server aggregated them, e.g.
-  after HETLoRA's pruning); ``dW_new`` is the new global delta. For
+  after HETLoRA's pruning); ``dW_new`` is the new global delta (``global_terms``). For
   Fed-PLoRA this differs from the paper's rank-wise form when some slot is not trained by every client
   (reference notes section 5, caveat 3); that form is :func:`fedplora_rankwise_noise`.
 - Per-round values are sums over the round's clients (init noise, as the paper's ``sum_{i in [v]}``).
@@ -22,8 +22,14 @@ Cost: no ``d x k`` matrix is formed for low-rank deltas. Per module, every term 
 held once in a :class:`~orchestrator.linalg.PieceUnion` (bitwise copies, such as Fed-PLoRA's folded and
 selected slots, are one piece, so they cancel exactly); a norm is ``sqrt(c^T H c)`` with ``H`` the elementwise
 product of the pieces' Gram matrices, computed once per module for all clients, and a QR fallback where the
-sum nearly cancels (exact to float64 rounding). Only a dense delta that does not cancel (FLoRA's aggregation
-noise: ``dW_old`` and ``dW_new`` are different dense tensors) is summed densely.
+sum nearly cancels (exact to float64 rounding). Every piece of a module's sums enters the union before the
+first norm (one Gram matrix per module and metric); a term whose ``B`` or ``A`` is zero (LoRA's ``B = 0`` init,
+FLoRA's fresh adapters) holds no Gram row. Only a dense delta that does not cancel (FLoRA's and FedEx-LoRA's
+aggregation noise: ``dW_old`` and ``dW_new`` are different dense tensors) is summed densely, one block of rows
+at a time (:func:`~orchestrator.linalg.frobenius_of_sum`). The global delta is the method's
+``global_terms`` (FedEx-LoRA: ``dW`` and ``s B A`` as held, so a client starting from them has exactly zero
+init noise). In the parameter-space noise, clients whose adapters hold the global factors themselves, slot for
+slot, are exactly zero without arithmetic, and clients sharing one adapter's tensors are computed once.
 """
 
 from __future__ import annotations

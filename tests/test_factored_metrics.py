@@ -180,7 +180,7 @@ def test_every_methods_metrics_equal_dense_references(name):
 # ---- the cheaper algebra at scale: zero pieces, one Gram per union, blocked dense sums, shared adapters, terms ---
 
 
-def test_zero_pieces_hold_no_gram_row_and_add_nothing():
+def test_zero_pieces_add_nothing_and_a_zero_factor_holds_no_gram_row():
     g = torch.Generator().manual_seed(4)
     B, A = torch.randn(8, 3, generator=g), torch.randn(3, 6, generator=g)
     B[:, 1] = 0.0  # LoRA's B = 0 init on one rank, and a zero row of A on another
@@ -188,7 +188,8 @@ def test_zero_pieces_hold_no_gram_row_and_add_nothing():
     A2[0] = 0.0
     B2 = torch.randn(8, 2, generator=g)
     union = PieceUnion(8, 6)
-    assert union.add(B, A).tolist() == [0, -1, 1] and union.add(B2, A2).tolist() == [-1, 2] and len(union) == 3
+    assert union.add(B, A).tolist() == [0, 1, 2] and union.add(B2, A2).tolist() == [3, 4]  # held, dropped in norm
+    assert union.add(torch.zeros(8, 2), A2).tolist() == [-1, -1] and len(union) == 5  # a zero B: no Gram rows
     sums = [[(LowRankDelta(B, A, 0.5), 1.0), (LowRankDelta(B2, A2), -2.0)],
             [(LowRankDelta(torch.zeros(8, 2), torch.randn(2, 6, generator=g)), 1.0)]]
     got = norms_of_sums(sums)
@@ -269,3 +270,16 @@ def test_fedex_lora_metrics_take_the_global_as_its_exact_terms():
         ref += float((ideal - dense.W.double() - low.dense(F64)).norm())
     assert out["agg_noise"] == pytest.approx(ref, rel=1e-9, abs=1e-12)
     assert 0.0 < out["agg_noise"] < 1e-4  # the exact residual fold: only the float32 rounding of dW remains
+
+
+def test_metrics_threads_is_checked_and_the_thread_count_restored():
+    from workers.resources import ResourceConfig, process_cpus, torch_threads
+
+    with pytest.raises(ValueError, match="resources.metrics_threads"):
+        ResourceConfig(metrics_threads=-1)
+    before = torch.get_num_threads()
+    with torch_threads(0) as n:
+        assert n == process_cpus() and torch.get_num_threads() == n
+    with torch_threads(1):
+        assert torch.get_num_threads() == 1
+    assert torch.get_num_threads() == before

@@ -9,6 +9,9 @@ that says what was asked and what exists. Fractional GPUs are bookkeeping only (
 from __future__ import annotations
 
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
@@ -25,12 +28,16 @@ class ResourceConfig:
     ``device``: ``"auto"`` uses GPUs when the Ray cluster has them, else the CPU; ``"cuda"`` requires
     GPUs (an error when there are none); ``"cpu"`` never asks for a GPU. ``gpus_per_worker``: ``None``
     shares the cluster's GPUs evenly (``1 / ceil(num_workers / num_gpus)``, at most 1).
+    ``metrics_threads``: torch threads of the driver while it computes a round's noise and similarity
+    metrics (0: every CPU its process may use; the workers are idle then). The server's aggregation keeps
+    the driver's own thread count, so the state's rounding never depends on the machine's core count.
     """
 
     device: Literal["auto", "cuda", "cpu"] = "auto"
     num_workers: int = 2
     gpus_per_worker: float | None = None
     cpus_per_worker: float = 1.0
+    metrics_threads: int = 0
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -43,6 +50,10 @@ class ResourceConfig:
                 raise ValueError(f"resources.gpus_per_worker={g!r} must be in (0, 1] or a whole number")
         if not (is_number(self.cpus_per_worker) and self.cpus_per_worker > 0):
             raise ValueError(f"resources.cpus_per_worker={self.cpus_per_worker!r} must be a number > 0")
+        if isinstance(self.metrics_threads, bool) or not isinstance(self.metrics_threads, int) \
+                or self.metrics_threads < 0:
+            raise ValueError(f"resources.metrics_threads={self.metrics_threads!r} must be an integer >= 0 "
+                             "(0: every CPU of the driver's process)")
 
 
 @dataclass(frozen=True)
@@ -125,3 +136,22 @@ def _per_gpu_text(share: float) -> str:
     if share > 1:
         return f"{share:g} whole GPUs each"
     return f"at most {int(math.floor(1.0 / share + _EPS))} workers per GPU"
+
+
+def process_cpus() -> int:
+    """The CPUs this process may run on (its affinity where the OS has one), at least 1."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+@contextmanager
+def torch_threads(n: int) -> Iterator[int]:
+    """Run the block with ``n`` torch intra-op threads (0: :func:`process_cpus`), then restore the previous count."""
+    import torch
+
+    before = torch.get_num_threads()
+    n = n or process_cpus()
+    torch.set_num_threads(n)
+    try:
+        yield n
+    finally:
+        torch.set_num_threads(before)
