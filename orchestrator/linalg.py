@@ -33,9 +33,10 @@ def frobenius_of_sum(low_rank: list[tuple[Tensor, Tensor]], dense: list[tuple[Te
     """``||sum_t B_t A_t + sum_u c_u W_u||_F`` in float64, without a dense matrix when there are no ``W_u``.
 
     Dense terms that are the same tensor object are combined first (their coefficients add; a zero
-    total drops the term). With no dense term left, the norm comes from the QR factors of the stacked
-    ``B = [B_1 ... B_T]`` and ``A^T = [A_1; ...; A_T]^T``: ``||B A||_F = ||R_B R_A^T||_F`` (orthogonal
-    invariance), exact to float64 rounding even when the sum cancels to ~0, in ``O((d + k) m^2)``.
+    total drops the term). With no dense term left, the norm comes from the R factor of the stacked
+    ``B = [B_1 ... B_T]`` (or of ``A^T = [A_1; ...; A_T]^T``, the shorter side): ``||B A||_F = ||R_B A||_F``
+    (orthogonal invariance), exact to float64 rounding even when the sum cancels to ~0, in ``O((d + k) m^2)``.
+    Dense terms are summed one block of rows at a time (no ``d x k`` float64 matrix is allocated).
     """
     combined: dict[int, list] = {}
     for W, c in dense:
@@ -61,22 +62,28 @@ DENSE_BLOCK = 1 << 18  # float64 entries per row block of a dense sum (2 MiB: st
 def _dense_norm(dense: list[tuple[Tensor, float]], B: Tensor | None, A: Tensor | None) -> float:
     """``||sum_u c_u W_u + B A||_F`` in float64, formed one block of rows at a time.
 
-    Each block ``sum_u c_u W_u[rows] + B[rows] A`` is formed in float64 and its squared norm added; a block
-    holds about ``DENSE_BLOCK`` entries, so no ``d x k`` float64 matrix is allocated and the block stays in
-    the cache between the additions (the same sums as the whole-matrix form, row by row).
+    Each block ``sum_u c_u W_u[rows] + B[rows] A`` is formed in float64 in two reused buffers and its squared
+    norm added; a block holds about ``DENSE_BLOCK`` entries, so no ``d x k`` float64 matrix is allocated and the
+    block stays in the cache between the additions (the same sums as the whole-matrix form, row by row).
     """
     d, k = dense[0][0].shape
-    step = max(1, DENSE_BLOCK // max(k, 1))
+    step = min(d, max(1, DENSE_BLOCK // max(k, 1)))
+    acc = torch.empty(step, k, dtype=torch.float64)
+    tmp = torch.empty(step, k, dtype=torch.float64) if len(dense) > 1 else acc
     square = 0.0
     for r0 in range(0, d, step):
         r1 = min(d, r0 + step)
-        W0, c0 = dense[0]
-        acc = W0[r0:r1].to(torch.float64) * c0
-        for W, c in dense[1:]:
-            acc.add_(W[r0:r1].to(torch.float64), alpha=c)
+        a, t = acc[: r1 - r0], tmp[: r1 - r0]
+        (W0, c0), rest = dense[0], dense[1:]
+        a.copy_(W0[r0:r1])
+        if c0 != 1.0:
+            a.mul_(c0)
+        for W, c in rest:
+            t.copy_(W[r0:r1])
+            a.add_(t, alpha=c)
         if B is not None:
-            acc.addmm_(B[r0:r1], A)
-        square += float(torch.linalg.vector_norm(acc) ** 2)
+            a.addmm_(B[r0:r1], A)
+        square += float(torch.linalg.vector_norm(a)) ** 2
     return math.sqrt(square)
 
 
@@ -100,8 +107,8 @@ class PieceUnion:
     (``||X||_F^2 = tr(X^T X)``), in ``O((d + k) M^2)`` once plus ``O(M^2)`` per sum, instead of ``O(d k)``.
     The Gram route loses relative accuracy when the sum nearly cancels (rounding of about ``(sqrt(d + k) + M)
     eps S^2`` with ``S = sum_t |c_t| ||b_t|| ||a_t||``); when that estimate exceeds ``GRAM_REL_TOL`` of the
-    value, the sum is recomputed from the QR factors of its pieces (``||B A||_F = ||R_B R_A^T||_F``, exact to
-    float64 rounding even when the sum cancels), so every returned norm is accurate to float64 rounding.
+    value, the sum is recomputed from one QR factor of its pieces (``||B A||_F = ||R_B A||_F``, exact to float64
+    rounding even when the sum cancels), so every returned norm is accurate to float64 rounding.
     """
 
     def __init__(self, d: int, k: int):
@@ -213,8 +220,15 @@ def _trusted_gram_value(square: Tensor, piece_norms: Tensor, d_plus_k: int) -> f
 
 
 def _qr_norm(B: Tensor, A: Tensor) -> float:
-    """``||B A||_F = ||R_B R_A^T||_F`` from the R factors of ``B`` and ``A^T`` (orthogonal invariance)."""
-    return float((torch.linalg.qr(B, mode="r")[1] @ torch.linalg.qr(A.T, mode="r")[1].T).norm())
+    """``||B A||_F`` from one QR factorization: ``||B A||_F = ||R_B A||_F`` with ``B = Q_B R_B`` (``Q_B`` orthonormal).
+
+    The R factor of the shorter side (``B: (d, m)`` when ``d <= k``, else ``A^T``) and the ``m x k`` (or ``d x m``)
+    product formed explicitly: the cancellation happens in its entries, to float64 rounding, in
+    ``O((d + k) m^2)`` with one QR instead of the two of the symmetric form ``||R_B R_A^T||_F``.
+    """
+    if B.shape[0] <= A.shape[1]:
+        return float((torch.linalg.qr(B, mode="r")[1] @ A).norm())
+    return float((B @ torch.linalg.qr(A.T, mode="r")[1].T).norm())
 
 
 def _fingerprints(t: Tensor, dim: int, samples: int = 64) -> list[int]:

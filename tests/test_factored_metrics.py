@@ -283,3 +283,14 @@ def test_metrics_threads_is_checked_and_the_thread_count_restored():
     with torch_threads(1):
         assert torch.get_num_threads() == 1
     assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("d,k", [(50, 40), (40, 50)])  # the QR on either side
+def test_qr_fallback_on_the_shorter_side_resolves_cancellation(d, k):
+    from orchestrator.linalg import _qr_norm
+
+    g = torch.Generator().manual_seed(8)
+    B, A, E = (torch.randn(d, 6, generator=g, dtype=F64), torch.randn(6, k, generator=g, dtype=F64),
+               torch.randn(d, 6, generator=g, dtype=F64))
+    exact = float((1e-9 * E @ A).norm())  # B A - (B + 1e-9 E) A, formed without the cancellation
+    assert _qr_norm(torch.cat([B, -(B + 1e-9 * E)], 1), torch.cat([A, A], 0)) == pytest.approx(exact, rel=1e-5)
