@@ -115,6 +115,7 @@ class PieceUnion:
         self.d, self.k = d, k
         self._keys: dict[tuple, list[int]] = {}
         self._raw: list[tuple[Tensor, Tensor]] = []  # the pieces as given (bitwise comparison)
+        self._where: list[tuple[int, int]] = []  # piece -> (its block, its column in the block's B)
         self._terms: dict[tuple[int, int], tuple[Tensor, Tensor, Tensor]] = {}  # (id B, id A) -> (B, A, indices)
         self._blocks: list[tuple[Tensor, Tensor, Tensor]] = []  # (B, A, columns that brought new pieces)
         self._H: Tensor | None = None
@@ -139,16 +140,19 @@ class PieceUnion:
     def _add_pieces(self, B: Tensor, A: Tensor) -> Tensor:
         if not (bool(B.any()) and bool(A.any())):  # B = 0 or A = 0: every piece is the zero matrix
             return torch.full((B.shape[1],), ZERO_PIECE, dtype=torch.long)
-        fb, fa = _fingerprints(B, 0), _fingerprints(A, 1)
+        keys = [(B.dtype, A.dtype, *key) for key in zip(_fingerprints(B, 0), _fingerprints(A, 1))]
+        copied = self._copy_of_held(B, A, keys)
+        if copied is not None:
+            return copied
         out, new_cols = [], []
-        for i, key in enumerate(zip(fb, fa)):
-            key = (B.dtype, A.dtype, *key)
+        for i, key in enumerate(keys):
             b, a = B[:, i], A[i]
             found = next((j for j in self._keys.get(key, ())
                           if torch.equal(self._raw[j][0], b) and torch.equal(self._raw[j][1], a)), None)
             if found is None:
                 found = len(self._raw)
                 self._raw.append((b, a))
+                self._where.append((len(self._blocks), i))
                 self._keys.setdefault(key, []).append(found)
                 new_cols.append(i)
             out.append(found)
@@ -156,6 +160,22 @@ class PieceUnion:
             self._blocks.append((B, A, torch.tensor(new_cols, dtype=torch.long)))
             self._H = None
         return torch.tensor(out, dtype=torch.long)
+
+    def _copy_of_held(self, B: Tensor, A: Tensor, keys: list[tuple]) -> Tensor | None:
+        """The indices of ``B @ A``'s pieces when the whole term is a bitwise copy of held pieces of one block.
+
+        One comparison of the term against the block's columns (e.g. a client's slots copied from the global
+        factors) instead of one per piece; ``None`` when any piece is not such a copy (then pieces are matched
+        one by one).
+        """
+        first = [self._keys.get(key, [-1])[0] for key in keys]
+        if -1 in first or len({self._where[j][0] for j in first}) != 1:
+            return None
+        block_B, block_A, _ = self._blocks[self._where[first[0]][0]]
+        cols = torch.tensor([self._where[j][1] for j in first], dtype=torch.long)
+        if torch.equal(B, block_B.index_select(1, cols)) and torch.equal(A, block_A.index_select(0, cols)):
+            return torch.tensor(first, dtype=torch.long)
+        return None
 
     def __len__(self) -> int:
         return len(self._raw)

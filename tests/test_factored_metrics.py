@@ -294,3 +294,19 @@ def test_qr_fallback_on_the_shorter_side_resolves_cancellation(d, k):
                torch.randn(d, 6, generator=g, dtype=F64))
     exact = float((1e-9 * E @ A).norm())  # B A - (B + 1e-9 E) A, formed without the cancellation
     assert _qr_norm(torch.cat([B, -(B + 1e-9 * E)], 1), torch.cat([A, A], 0)) == pytest.approx(exact, rel=1e-5)
+
+
+def test_a_term_copied_from_held_pieces_is_matched_whole_and_a_near_copy_is_not():
+    g = torch.Generator().manual_seed(9)
+    B, A = torch.randn(200, 5, generator=g), torch.randn(5, 7, generator=g)  # d > 64: fingerprints sample rows
+    union = PieceUnion(200, 7)
+    assert union.add(B, A).tolist() == [0, 1, 2, 3, 4]
+    idx = torch.tensor([3, 1, 4])
+    assert union.add(B.index_select(1, idx), A.index_select(0, idx)).tolist() == [3, 1, 4]  # one whole copy
+    near = B.index_select(1, idx).clone()
+    near[1, 1] = torch.nextafter(near[1, 1], torch.tensor(10.0))  # one bit off, in a row no fingerprint samples
+    assert union.add(near, A.index_select(0, idx)).tolist() == [3, 5, 4] and len(union) == 6
+    mixed_B = torch.cat([B[:, :2], torch.randn(200, 1, generator=g)], 1)  # two copies and a new piece
+    assert union.add(mixed_B, torch.cat([A[:2], A[2:3]], 0)).tolist() == [0, 1, 6]
+    terms = [(LowRankDelta(B, A), 1.0), (LowRankDelta(near, A.index_select(0, idx)), -1.0)]
+    assert norms_of_sums([terms])[0] == pytest.approx(dense_norm(terms), rel=1e-12)
