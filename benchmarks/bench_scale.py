@@ -18,13 +18,17 @@ Three measurements, each comparing the previous path with the current one in the
    process's resident memory, and the base-model bytes the previous path holds at the real depth.
 3. **Driver metrics per round** (``orchestrator.metrics``, on by default): init noise (function and parameter
    space), aggregation noise, the method's extra (Fed-PLoRA's rank-wise noise) and the similarity of one module,
-   for every method, 10 participants (ranks 1/4/16, FedIT 16), at 1 torch thread and at all cores; previous
-   implementation: ``benchmarks/reference_metrics.py``. Timed on ``--metrics-layers`` layers and scaled to the
-   real depth (every layer has the same shapes). FLoRA's aggregate (its dense ``dW`` update) is timed the same way.
+   for every method (``--methods`` for some), 10 participants (ranks 1/4/16; 16 for the methods that need equal
+   ranks), at 1 torch thread and at all cores (``--threads``); previous implementation:
+   ``benchmarks/reference_metrics.py``. The noise metrics are timed on ``--metrics-layers`` layers and scaled to
+   the real depth (every layer has the same shapes), also one by one; the similarity (one module per round) is
+   added unscaled. Every method's ``aggregate`` (server math, not a metric; FLoRA's and FedEx-LoRA's dense
+   ``dW`` updates) is timed and scaled the same way.
 
 Times: ``time.perf_counter``, median of ``--repeats`` after one warmup. Run ``python benchmarks/bench_scale.py``
-(writes benchmarks/results/scale.{json,md}); ``--quick`` (tiny widths, seconds, a temp folder; CI);
-``--render benchmarks/results/scale.json`` rewrites the Markdown only.
+(writes benchmarks/results/scale.{json,md}); ``--sections metrics`` measures only that section and keeps the
+others from the recorded result (the Markdown says from which run); ``--quick`` (tiny widths, seconds, a temp
+folder; CI); ``--render benchmarks/results/scale.json`` rewrites the Markdown only.
 """
 
 from __future__ import annotations

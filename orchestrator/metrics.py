@@ -140,14 +140,14 @@ def init_noise_params(global_factors: dict[ModuleName, tuple[Tensor, Tensor]] | 
         held_cache: dict[tuple, tuple[float, float]] = {}  # clients sharing an adapter's tensors: computed once
         for c, start in enumerate(starts):
             holder: dict[int, tuple[Any, int] | None] = {}  # slot -> (init, row), None when folded
-            fresh: list[tuple[Any, int]] = []
+            fresh: dict[int, tuple[Any, list[int]]] = {}  # id(init) -> (init, its fresh rows)
             for name in start.upload:
                 init = start.adapters.get(name, {}).get(module)
                 if init is None:
                     continue
                 for i, slot in enumerate(init.slots or range(init.rank)):
                     if slot is None or slot >= R:
-                        fresh.append((init, i))
+                        fresh.setdefault(id(init), (init, []))[1].append(i)
                     else:
                         holder[slot] = (init, i)
             for slot in start.folded_slots.get(module, ()):
@@ -165,9 +165,10 @@ def init_noise_params(global_factors: dict[ModuleName, tuple[Tensor, Tensor]] | 
                 if key not in held_cache:
                     held_cache[key] = _held_distance(Bg0, Ag0, Bg, Ag, init.B, init.A, slots, rows)
                 dB, dA = dB + held_cache[key][0], dA + held_cache[key][1]
-            for init, i in fresh:
-                dB += float((init.B[:, i].to(F64) ** 2).sum())
-                dA += float((init.A[i].to(F64) ** 2).sum())
+            for init, rows in fresh.values():
+                i = torch.tensor(rows)
+                dB += float((init.B.index_select(1, i).to(F64) ** 2).sum())
+                dA += float((init.A.index_select(0, i).to(F64) ** 2).sum())
             totals[c] += math.sqrt(dA) + math.sqrt(dB)
     return totals
 
