@@ -138,9 +138,10 @@ class PieceUnion:
         return idx
 
     def _add_pieces(self, B: Tensor, A: Tensor) -> Tensor:
-        if not (bool(B.any()) and bool(A.any())):  # B = 0 or A = 0: every piece is the zero matrix
-            return torch.full((B.shape[1],), ZERO_PIECE, dtype=torch.long)
-        keys = [(B.dtype, A.dtype, *key) for key in zip(_fingerprints(B, 0), _fingerprints(A, 1))]
+        fb, fa = _fingerprints(B, 0), _fingerprints(A, 1)  # a zero B (or A) has zero fingerprints: checked then
+        if (not any(fb) and not bool(B.any())) or (not any(fa) and not bool(A.any())):
+            return torch.full((B.shape[1],), ZERO_PIECE, dtype=torch.long)  # every piece is the zero matrix
+        keys = [(B.dtype, A.dtype, *key) for key in zip(fb, fa)]
         copied = self._copy_of_held(B, A, keys)
         if copied is not None:
             return copied
@@ -208,12 +209,13 @@ class PieceUnion:
         nz = nz[self.gram().diagonal()[nz] > 0]  # a zero piece (b = 0 or a = 0) adds nothing
         if len(nz) == 0:
             return 0.0
-        H = self.gram()[nz][:, nz]
+        every = len(nz) == len(self)  # no gathered copies when every held piece is in the sum
+        H = self.gram() if every else self.gram()[nz][:, nz]
         cn = c[nz]
         value = _trusted_gram_value(cn @ H @ cn, cn.abs() * H.diagonal().clamp_min(0).sqrt(), self.d + self.k)
         if value is not None:
             return value
-        return _qr_norm(self._Bu[:, nz] * cn, self._Au[nz])
+        return _qr_norm(self._Bu if every else self._Bu[:, nz], self._Au if every else self._Au[nz], cn)
 
 
 def frobenius_of_factors(B: Tensor, A: Tensor) -> float:
@@ -239,16 +241,19 @@ def _trusted_gram_value(square: Tensor, piece_norms: Tensor, d_plus_k: int) -> f
     return math.sqrt(value) if value > 0 and bound <= GRAM_REL_TOL * value else None
 
 
-def _qr_norm(B: Tensor, A: Tensor) -> float:
-    """``||B A||_F`` from one QR factorization: ``||B A||_F = ||R_B A||_F`` with ``B = Q_B R_B`` (``Q_B`` orthonormal).
+def _qr_norm(B: Tensor, A: Tensor, c: Tensor | None = None) -> float:
+    """``||B diag(c) A||_F`` from one QR factorization: ``||B C A||_F = ||(R_B C) A||_F`` with ``B = Q_B R_B``.
 
-    The R factor of the shorter side (``B: (d, m)`` when ``d <= k``, else ``A^T``) and the ``m x k`` (or ``d x m``)
-    product formed explicitly: the cancellation happens in its entries, to float64 rounding, in
-    ``O((d + k) m^2)`` with one QR instead of the two of the symmetric form ``||R_B R_A^T||_F``.
+    The R factor of the shorter side (``B: (d, m)`` when ``d <= k``, else ``A^T``, with
+    ``||B C A||_F = ||B (C R_A^T)||_F``) and the ``m x k`` (or ``d x m``) product formed explicitly: the
+    cancellation happens in its entries, to float64 rounding, in ``O((d + k) m^2)`` with one QR instead of the
+    two of the symmetric form ``||R_B C R_A^T||_F``. ``c`` (default ones) scales the ``m x m`` factor only.
     """
     if B.shape[0] <= A.shape[1]:
-        return float((torch.linalg.qr(B, mode="r")[1] @ A).norm())
-    return float((B @ torch.linalg.qr(A.T, mode="r")[1].T).norm())
+        R = torch.linalg.qr(B, mode="r")[1]
+        return float(((R if c is None else R * c) @ A).norm())
+    Rt = torch.linalg.qr(A.T, mode="r")[1].T
+    return float((B @ (Rt if c is None else c[:, None] * Rt)).norm())
 
 
 def _fingerprints(t: Tensor, dim: int, samples: int = 64) -> list[int]:

@@ -294,6 +294,8 @@ def test_qr_fallback_on_the_shorter_side_resolves_cancellation(d, k):
                torch.randn(d, 6, generator=g, dtype=F64))
     exact = float((1e-9 * E @ A).norm())  # B A - (B + 1e-9 E) A, formed without the cancellation
     assert _qr_norm(torch.cat([B, -(B + 1e-9 * E)], 1), torch.cat([A, A], 0)) == pytest.approx(exact, rel=1e-5)
+    c = torch.tensor([2.0] * 6 + [-2.0] * 6, dtype=F64)  # the coefficients on the small R factor
+    assert _qr_norm(torch.cat([B, B + 1e-9 * E], 1), torch.cat([A, A], 0), c) == pytest.approx(2 * exact, rel=1e-5)
 
 
 def test_a_term_copied_from_held_pieces_is_matched_whole_and_a_near_copy_is_not():
