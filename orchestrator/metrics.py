@@ -26,8 +26,10 @@ sum nearly cancels (exact to float64 rounding). Every piece of a module's sums e
 first norm (one Gram matrix per module and metric); a term whose ``B`` or ``A`` is zero (LoRA's ``B = 0`` init,
 FLoRA's fresh adapters) holds no Gram row. Only a dense delta that does not cancel (FLoRA's and FedEx-LoRA's
 aggregation noise: ``dW_old`` and ``dW_new`` are different dense tensors) is summed densely, one block of rows
-at a time (:func:`~orchestrator.linalg.frobenius_of_sum`). The global delta is the method's
-``global_terms`` (FedEx-LoRA: ``dW`` and ``s B A`` as held, so a client starting from them has exactly zero
+at a time (:func:`~orchestrator.linalg.frobenius_of_sum`); in a round, :func:`noise_metrics` takes those two
+from the aggregation itself, which forms the ideal as its float64 ``dW`` and measures what storing it in float32
+loses (``Aggregation.info["agg_noise"]``), so no second dense ``d x k`` product is formed. The global delta is
+the method's ``global_terms`` (FedEx-LoRA: ``dW`` and ``s B A`` as held, so a client starting from them has exactly zero
 init noise). In the parameter-space noise, clients whose adapters hold the global factors themselves, slot for
 slot, are exactly zero without arithmetic, and clients sharing one adapter's tensors are computed once.
 """
@@ -215,13 +217,18 @@ def noise_metrics(method: Any, old_state: Any, starts: list[ClientStart], agg: A
 
     ``method`` is a :class:`~orchestrator.methods.base.FederatedMethod`, ``old_state`` the state the round
     started from and ``agg`` its :class:`~orchestrator.state.Aggregation`. The aggregation noise uses the
-    updates as the server aggregated them (``agg.used``, e.g. HETLoRA's pruned adapters), not as uploaded.
+    updates as the server aggregated them (``agg.used``, e.g. HETLoRA's pruned adapters), not as uploaded. A
+    method whose aggregation forms the ideal densely in float64 (FLoRA, FedEx-LoRA) reports the aggregation
+    noise per module in ``agg.info["agg_noise"]`` (the float32 rounding of its new ``dW``), used as is.
     """
     glob, factors = method.global_terms(old_state), method.global_factors(old_state)
     out = {"init_noise_fn": sum(init_noise_functions(glob, starts))}
     params = init_noise_params(factors, starts)
     out["init_noise_param"] = float("nan") if params is None else sum(params)
-    out["agg_noise"] = aggregation_noise(method.global_terms(agg.state), starts, agg.used, agg.weights)
+    if "agg_noise" in agg.info:  # measured by the aggregation itself (a dense exact sum and its rounding)
+        out["agg_noise"] = float(sum(agg.info["agg_noise"].values()))
+    else:
+        out["agg_noise"] = aggregation_noise(method.global_terms(agg.state), starts, agg.used, agg.weights)
     out.update(method.extra_noise(starts, agg.used))
     return out
 

@@ -37,6 +37,8 @@ class Aggregation:
 
     ``used``: the client updates as the server aggregated them, in client-id order (e.g. HETLoRA's
     updates truncated to the pruned rank); the aggregation noise is measured on these effective adapters.
+    ``info``: what the method's ``aggregate_adapters`` reported; ``info["agg_noise"]`` (module -> float), when
+    present, is the aggregation noise the aggregation measured itself (FLoRA's and FedEx-LoRA's dense sums).
     """
 
     state: GlobalState

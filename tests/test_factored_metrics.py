@@ -312,3 +312,16 @@ def test_a_term_copied_from_held_pieces_is_matched_whole_and_a_near_copy_is_not(
     assert union.add(mixed_B, torch.cat([A[:2], A[2:3]], 0)).tolist() == [0, 1, 6]
     terms = [(LowRankDelta(B, A), 1.0), (LowRankDelta(near, A.index_select(0, idx)), -1.0)]
     assert norms_of_sums([terms])[0] == pytest.approx(dense_norm(terms), rel=1e-12)
+
+
+@pytest.mark.parametrize("name", ["flora", "fedex_lora"])
+def test_dense_aggregations_report_their_rounding_as_the_aggregation_noise(name):
+    from orchestrator.metrics import noise_metrics
+
+    m = make(name, ranks_for(name, [1, 2, 4]), R=4)
+    state, _ = run_rounds(m, [[0, 1, 2], [0, 2]])  # dW != 0, so the rounding is not trivially zero
+    _, (old, starts, updates, agg) = run_rounds(m, [[0, 1, 2]], state=state)
+    assert set(agg.info["agg_noise"]) == set(m.modules)
+    computed = aggregation_noise(m.global_terms(agg.state), starts, agg.used, agg.weights)  # the ideal formed anew
+    reported = noise_metrics(m, old, starts, agg)["agg_noise"]
+    assert 0.0 < reported < 1e-5 and reported == pytest.approx(computed, rel=1e-6)

@@ -23,6 +23,7 @@ from orchestrator.state import HEAD_PREFIX, Aggregation, GlobalState
 from orchestrator.update_checks import InvalidClientUpdate, validate_update
 
 Pair = tuple[ClientStart, ClientUpdate]
+AdapterAggregate = tuple[GlobalState, dict[int, float]] | tuple[GlobalState, dict[int, float], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,12 @@ class FederatedMethod(ABC):
         """What client ``client_id`` starts round ``round_idx`` from."""
 
     @abstractmethod
-    def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]) -> tuple[GlobalState, dict[int, float]]:
-        """New adapter state from validated (start, update) pairs, and the weight of each client."""
+    def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]) -> AdapterAggregate:
+        """New adapter state from validated (start, update) pairs, and the weight of each client.
+
+        A third element, when returned, becomes :attr:`Aggregation.info` (e.g. ``"agg_noise"``: the aggregation
+        noise per module, which a dense aggregation measures exactly as it rounds its float64 sum).
+        """
 
     @abstractmethod
     def global_delta(self, state: GlobalState) -> dict[ModuleName, Delta]:
@@ -145,9 +150,9 @@ class FederatedMethod(ABC):
         pairs = pair_updates(starts, updates)
         for start, update in pairs:
             validate_update(start, update)
-        new_state, weights = self.aggregate_adapters(state, pairs)
+        new_state, weights, *info = self.aggregate_adapters(state, pairs)
         new_state.tensors.update(aggregate_head(state, pairs))
-        return Aggregation(new_state, weights, used=self.used_updates(new_state, pairs))
+        return Aggregation(new_state, weights, info=info[0] if info else {}, used=self.used_updates(new_state, pairs))
 
     # ---- server optimizer (orchestrator/server_optimizer.py) ------------------------------------------
     def server_parameters(self, state: GlobalState) -> dict[str, Tensor]:
@@ -346,3 +351,17 @@ def main_slots(start: ClientStart, module: ModuleName, adapter: str = "main") ->
     if any(s is None for s in slots):
         raise ValueError(f"adapter {adapter!r} on {module} has fresh ranks; no slot to write back to")
     return list(slots)  # type: ignore[arg-type]
+
+
+def rounding_noise(exact: Tensor, stored: Tensor) -> float:
+    """``||exact - stored||_F`` in float64: what storing the float64 ``exact`` as ``stored`` (float32) loses.
+
+    A dense exact aggregation (FLoRA, FedEx-LoRA) computes the new ``dW`` as a float64 sum and stores it
+    rounded; its aggregation noise is exactly this rounding (``orchestrator.metrics.noise_metrics`` reads it
+    from ``Aggregation.info["agg_noise"]`` instead of forming the float64 sum a second time). ``exact`` (the
+    aggregation's own temporary) is overwritten, unless ``stored`` has its dtype (a float64 state: then ``stored``
+    may be ``exact`` itself, and nothing was rounded).
+    """
+    if stored.dtype == exact.dtype:
+        return float(torch.linalg.vector_norm(exact - stored))
+    return float(torch.linalg.vector_norm(exact.sub_(stored)))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from core.wire import ClientStart, DenseDelta, LowRankDelta
+from orchestrator.methods.base import rounding_noise
 from orchestrator.methods.fedit import FedIT, average_slots
 from orchestrator.methods.registry import register
 from orchestrator.state import HEAD_PREFIX, GlobalState
@@ -48,8 +49,14 @@ class FedExLoRA(FedIT):
         return ClientStart(fold=fold, adapters={"main": adapters}, **common.fields())
 
     def aggregate_adapters(self, state: GlobalState, pairs):
+        """FedIT's average and the residual fold; ``info["agg_noise"]``: per module, the float32 rounding of ``dW``.
+
+        With the global as its terms ``dW + s B' A'``, ``ideal - global = (dW_old + s residual) - dW_new``: the
+        float64 sum formed here minus its stored float32 value (:func:`rounding_noise`).
+        """
         weights = self.client_weights(pairs)
         new = average_slots(self, state, pairs, weights)
+        noise = {}
         for m in self.modules:
             ideal = torch.zeros_like(state.tensors[f"{m}/dW"], dtype=F64)
             for start, update in pairs:
@@ -59,8 +66,10 @@ class FedExLoRA(FedIT):
             residual = ideal - B_new.to(F64) @ A_new.to(F64)
             dW_old = state.tensors[f"{m}/dW"]
             # out of place: ``.to(float64)`` of a float64 state is the state's own tensor
-            new.tensors[f"{m}/dW"] = torch.add(dW_old.to(F64), residual, alpha=self.scale).to(dW_old.dtype)
-        return new, weights
+            dW = torch.add(dW_old.to(F64), residual, alpha=self.scale)
+            new.tensors[f"{m}/dW"] = dW.to(dW_old.dtype)
+            noise[m] = rounding_noise(dW, new.tensors[f"{m}/dW"])
+        return new, weights, {"agg_noise": noise}
 
     def server_parameters(self, state: GlobalState) -> dict[str, torch.Tensor]:
         """What a server optimizer steps: the global model's dense delta ``dW + s B A`` per module, and the head.

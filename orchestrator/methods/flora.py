@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from core.wire import AdapterInit, ClientStart, DenseDelta
-from orchestrator.methods.base import FederatedMethod, Pair
+from orchestrator.methods.base import FederatedMethod, Pair, rounding_noise
 from orchestrator.methods.registry import register
 from orchestrator.state import HEAD_PREFIX, GlobalState
 
@@ -43,8 +43,14 @@ class FLoRA(FederatedMethod):
         return ClientStart(fold=fold, adapters={"main": adapters}, **common.fields())
 
     def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]):
+        """The stacked merge; ``info["agg_noise"]``: per module, the float32 rounding of the new ``dW``.
+
+        The ideal ``sum_i p_i (dW + s B_i A_i)`` is the float64 ``dW + s B_stack A_stack`` formed here, so the
+        aggregation noise is exactly what storing it in float32 loses (:func:`rounding_noise`).
+        """
         weights = self.client_weights(pairs)
         new = state.copy()
+        noise = {}
         for m in self.modules:
             B_stack, A_stack = stack_factors(pairs, m, weights)
             new.tensors[f"{m}/B_stack"] = B_stack.to(torch.float32)
@@ -52,7 +58,8 @@ class FLoRA(FederatedMethod):
             # out of place: ``.to(float64)`` of a float64 state is the state's own tensor
             dW = torch.addmm(state.tensors[f"{m}/dW"].to(torch.float64), B_stack, A_stack, alpha=self.scale)
             new.tensors[f"{m}/dW"] = dW.to(torch.float32)
-        return new, weights
+            noise[m] = rounding_noise(dW, new.tensors[f"{m}/dW"])
+        return new, weights, {"agg_noise": noise}
 
     def server_parameters(self, state: GlobalState) -> dict[str, torch.Tensor]:
         """The dense ``dW: (d, k)`` of every module, plus the head."""
