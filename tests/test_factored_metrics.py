@@ -325,3 +325,15 @@ def test_dense_aggregations_report_their_rounding_as_the_aggregation_noise(name)
     computed = aggregation_noise(m.global_terms(agg.state), starts, agg.used, agg.weights)  # the ideal formed anew
     reported = noise_metrics(m, old, starts, agg)["agg_noise"]
     assert 0.0 < reported < 1e-5 and reported == pytest.approx(computed, rel=1e-6)
+
+
+def test_rounded_with_noise_is_the_plain_cast_and_its_exact_loss():
+    from orchestrator.methods.base import rounded_with_noise
+
+    g = torch.Generator().manual_seed(10)
+    x = torch.randn(300, 700, generator=g, dtype=F64) * 1e3  # several row blocks, a partial last one
+    stored, noise = rounded_with_noise(x, torch.float32)
+    assert stored.dtype == torch.float32 and torch.equal(stored, x.to(torch.float32))
+    assert noise == pytest.approx(float((x - x.to(torch.float32).double()).norm()), rel=1e-12) and noise > 0
+    same, zero = rounded_with_noise(x, F64)
+    assert same is x and zero == 0.0

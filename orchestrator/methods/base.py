@@ -8,6 +8,7 @@ the classification head is ``"head/<param>"`` and is averaged with data-size wei
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
@@ -353,15 +354,23 @@ def main_slots(start: ClientStart, module: ModuleName, adapter: str = "main") ->
     return list(slots)  # type: ignore[arg-type]
 
 
-def rounding_noise(exact: Tensor, stored: Tensor) -> float:
-    """``||exact - stored||_F`` in float64: what storing the float64 ``exact`` as ``stored`` (float32) loses.
+def rounded_with_noise(exact: Tensor, dtype: torch.dtype) -> tuple[Tensor, float]:
+    """``(exact.to(dtype), ||exact - exact.to(dtype)||_F)``: a float64 sum stored in ``dtype``, and what that loses.
 
     A dense exact aggregation (FLoRA, FedEx-LoRA) computes the new ``dW`` as a float64 sum and stores it
     rounded; its aggregation noise is exactly this rounding (``orchestrator.metrics.noise_metrics`` reads it
-    from ``Aggregation.info["agg_noise"]`` instead of forming the float64 sum a second time). ``exact`` (the
-    aggregation's own temporary) is overwritten, unless ``stored`` has its dtype (a float64 state: then ``stored``
-    may be ``exact`` itself, and nothing was rounded).
+    from ``Aggregation.info["agg_noise"]`` instead of forming the float64 sum a second time). The conversion
+    runs by blocks of rows (the same rounding as ``.to(dtype)``), each block's difference taken while it is in
+    the cache, so the norm costs no extra pass over memory. In ``exact``'s own dtype it is returned as is
+    (nothing rounded: 0).
     """
-    if stored.dtype == exact.dtype:
-        return float(torch.linalg.vector_norm(exact - stored))
-    return float(torch.linalg.vector_norm(exact.sub_(stored)))
+    if dtype == exact.dtype:
+        return exact, 0.0
+    stored = torch.empty(exact.shape, dtype=dtype)
+    rows = max(1, (1 << 16) // max(1, exact.shape[-1]))
+    square = 0.0
+    for r0 in range(0, exact.shape[0], rows):
+        block = stored[r0:r0 + rows]
+        block.copy_(exact[r0:r0 + rows])
+        square += float(torch.linalg.vector_norm(exact[r0:r0 + rows] - block)) ** 2
+    return stored, math.sqrt(square)

@@ -20,7 +20,7 @@ from __future__ import annotations
 import torch
 
 from core.wire import ClientStart, DenseDelta, LowRankDelta
-from orchestrator.methods.base import rounding_noise
+from orchestrator.methods.base import rounded_with_noise
 from orchestrator.methods.fedit import FedIT, average_slots
 from orchestrator.methods.registry import register
 from orchestrator.state import HEAD_PREFIX, GlobalState
@@ -52,7 +52,7 @@ class FedExLoRA(FedIT):
         """FedIT's average and the residual fold; ``info["agg_noise"]``: per module, the float32 rounding of ``dW``.
 
         With the global as its terms ``dW + s B' A'``, ``ideal - global = (dW_old + s residual) - dW_new``: the
-        float64 sum formed here minus its stored float32 value (:func:`rounding_noise`).
+        float64 sum formed here minus its stored float32 value (:func:`rounded_with_noise`).
         """
         weights = self.client_weights(pairs)
         new = average_slots(self, state, pairs, weights)
@@ -67,8 +67,7 @@ class FedExLoRA(FedIT):
             dW_old = state.tensors[f"{m}/dW"]
             # out of place: ``.to(float64)`` of a float64 state is the state's own tensor
             dW = torch.add(dW_old.to(F64), residual, alpha=self.scale)
-            new.tensors[f"{m}/dW"] = dW.to(dW_old.dtype)
-            noise[m] = rounding_noise(dW, new.tensors[f"{m}/dW"])
+            new.tensors[f"{m}/dW"], noise[m] = rounded_with_noise(dW, dW_old.dtype)
         return new, weights, {"agg_noise": noise}
 
     def server_parameters(self, state: GlobalState) -> dict[str, torch.Tensor]:

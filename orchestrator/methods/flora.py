@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 
 from core.wire import AdapterInit, ClientStart, DenseDelta
-from orchestrator.methods.base import FederatedMethod, Pair, rounding_noise
+from orchestrator.methods.base import FederatedMethod, Pair, rounded_with_noise
 from orchestrator.methods.registry import register
 from orchestrator.state import HEAD_PREFIX, GlobalState
 
@@ -46,7 +46,7 @@ class FLoRA(FederatedMethod):
         """The stacked merge; ``info["agg_noise"]``: per module, the float32 rounding of the new ``dW``.
 
         The ideal ``sum_i p_i (dW + s B_i A_i)`` is the float64 ``dW + s B_stack A_stack`` formed here, so the
-        aggregation noise is exactly what storing it in float32 loses (:func:`rounding_noise`).
+        aggregation noise is exactly what storing it in float32 loses (:func:`rounded_with_noise`).
         """
         weights = self.client_weights(pairs)
         new = state.copy()
@@ -57,8 +57,7 @@ class FLoRA(FederatedMethod):
             new.tensors[f"{m}/A_stack"] = A_stack.to(torch.float32)
             # out of place: ``.to(float64)`` of a float64 state is the state's own tensor
             dW = torch.addmm(state.tensors[f"{m}/dW"].to(torch.float64), B_stack, A_stack, alpha=self.scale)
-            new.tensors[f"{m}/dW"] = dW.to(torch.float32)
-            noise[m] = rounding_noise(dW, new.tensors[f"{m}/dW"])
+            new.tensors[f"{m}/dW"], noise[m] = rounded_with_noise(dW, torch.float32)
         return new, weights, {"agg_noise": noise}
 
     def server_parameters(self, state: GlobalState) -> dict[str, torch.Tensor]:
