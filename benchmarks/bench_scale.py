@@ -62,11 +62,11 @@ from core.wire import ModuleSpec  # noqa: E402
 from orchestrator.method_config import MethodConfig  # noqa: E402
 from orchestrator.methods import available_methods, build_method  # noqa: E402
 from orchestrator.metrics import (  # noqa: E402
-    aggregation_noise,
     init_noise_functions,
     init_noise_params,
     module_cosine_similarity,
     noise_metrics,
+    round_aggregation_noise,
 )
 from workers.data import Example  # noqa: E402
 from workers.export import export_adapter, export_adapter_peft  # noqa: E402
@@ -229,10 +229,10 @@ def similarity(starts, updates, module):
 
 def metric_parts(method, state, starts, agg) -> dict:
     """The current path's metrics one by one (what ``noise_metrics`` computes), for the per-metric times."""
-    glob, new = method.global_terms(state), method.global_terms(agg.state)
+    glob = method.global_terms(state)
     return {"init_noise_fn": lambda: init_noise_functions(glob, starts),
             "init_noise_param": lambda: init_noise_params(method.global_factors(state), starts),
-            "agg_noise": lambda: aggregation_noise(new, starts, agg.used, agg.weights),
+            "agg_noise": lambda: round_aggregation_noise(method, starts, agg),
             "extra": lambda: method.extra_noise(starts, agg.used)}
 
 

@@ -225,12 +225,20 @@ def noise_metrics(method: Any, old_state: Any, starts: list[ClientStart], agg: A
     out = {"init_noise_fn": sum(init_noise_functions(glob, starts))}
     params = init_noise_params(factors, starts)
     out["init_noise_param"] = float("nan") if params is None else sum(params)
-    if "agg_noise" in agg.info:  # measured by the aggregation itself (a dense exact sum and its rounding)
-        out["agg_noise"] = float(sum(agg.info["agg_noise"].values()))
-    else:
-        out["agg_noise"] = aggregation_noise(method.global_terms(agg.state), starts, agg.used, agg.weights)
+    out["agg_noise"] = round_aggregation_noise(method, starts, agg)
     out.update(method.extra_noise(starts, agg.used))
     return out
+
+
+def round_aggregation_noise(method: Any, starts: list[ClientStart], agg: Any) -> float:
+    """The round's ``agg_noise`` (``agg``: its :class:`~orchestrator.state.Aggregation`).
+
+    ``agg.info["agg_noise"]`` summed over the modules when the aggregation measured it, else
+    :func:`aggregation_noise` on the new global's terms and the updates as used.
+    """
+    if "agg_noise" in agg.info:  # measured by the aggregation itself (a dense exact sum and its rounding)
+        return float(sum(agg.info["agg_noise"].values()))
+    return aggregation_noise(method.global_terms(agg.state), starts, agg.used, agg.weights)
 
 
 def fedplora_rankwise_noise(starts: list[ClientStart], updates: list[ClientUpdate]) -> float:
@@ -303,5 +311,6 @@ __all__ = [
     "module_cosine_similarity",
     "noise_metrics",
     "norms_of_sums",
+    "round_aggregation_noise",
     "round_bytes",
 ]
