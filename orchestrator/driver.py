@@ -158,7 +158,7 @@ class Driver:
 
         t0 = time.perf_counter()
         record: dict[str, Any] = {"round": t + 1, "method": cfg.method.name, "clients": len(clients)}
-        with torch_threads(cfg.resources.metrics_threads):  # the workers are idle: the driver may use every core
+        with torch_threads(cfg.resources.metrics_threads):  # resources.metrics_threads (default 1)
             record.update(noise_metrics(self.method, self.state, starts, agg) if cfg.metrics.noise else {})
             similarity = self._similarity(starts, updates)
         down, up = round_bytes(starts, updates)

@@ -314,8 +314,8 @@ def test_a_term_copied_from_held_pieces_is_matched_whole_and_a_near_copy_is_not(
     assert norms_of_sums([terms])[0] == pytest.approx(dense_norm(terms), rel=1e-12)
 
 
-@pytest.mark.parametrize("name", ["flora", "fedex_lora"])
-def test_dense_aggregations_report_their_rounding_as_the_aggregation_noise(name):
+@pytest.mark.parametrize("name", ["flora", "fedex_lora", "flexlora"])
+def test_exact_aggregations_report_their_rounding_as_the_aggregation_noise(name):
     from orchestrator.metrics import noise_metrics
 
     m = make(name, ranks_for(name, [1, 2, 4]), R=4)
@@ -337,3 +337,16 @@ def test_rounded_with_noise_is_the_plain_cast_and_its_exact_loss():
     assert noise == pytest.approx(float((x - x.to(torch.float32).double()).norm()), rel=1e-12) and noise > 0
     same, zero = rounded_with_noise(x, F64)
     assert same is x and zero == 0.0
+
+
+def test_svd_rounding_noise_equals_the_dense_difference():
+    from orchestrator.linalg import factored_svd
+    from orchestrator.methods.flexlora import svd_rounding_noise
+
+    g = torch.Generator().manual_seed(11)
+    U, S, Vh = factored_svd(torch.randn(40, 6, generator=g), torch.randn(6, 30, generator=g))
+    US = U * S
+    B, A = US.to(torch.float32), Vh.to(torch.float32)
+    dense = float((US @ Vh - B.double() @ A.double()).norm())
+    assert svd_rounding_noise(US, Vh, B, A) == pytest.approx(dense, rel=1e-6) and dense > 0
+    assert svd_rounding_noise(US, Vh, US, Vh) == 0.0  # nothing rounded

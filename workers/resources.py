@@ -29,15 +29,18 @@ class ResourceConfig:
     GPUs (an error when there are none); ``"cpu"`` never asks for a GPU. ``gpus_per_worker``: ``None``
     shares the cluster's GPUs evenly (``1 / ceil(num_workers / num_gpus)``, at most 1).
     ``metrics_threads``: torch threads of the driver while it computes a round's noise and similarity
-    metrics (0: every CPU its process may use; the workers are idle then). The server's aggregation keeps
-    the driver's own thread count, so the state's rounding never depends on the machine's core count.
+    metrics (0: every CPU its process may use). More than 1 helps only where nothing else runs on the
+    driver's cores meanwhile (its workers are idle then, but concurrent sweep trials or other jobs are not):
+    on busy cores torch's threads wait on each other and the metrics get many times slower
+    (``benchmarks/results/scale.md``), hence the default 1. The server's aggregation keeps the driver's own
+    thread count, so the state's rounding never depends on this setting.
     """
 
     device: Literal["auto", "cuda", "cpu"] = "auto"
     num_workers: int = 2
     gpus_per_worker: float | None = None
     cpus_per_worker: float = 1.0
-    metrics_threads: int = 0
+    metrics_threads: int = 1
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:

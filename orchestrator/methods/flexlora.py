@@ -19,6 +19,8 @@ its best rank-``r`` approximation and ``W0 + dW_g`` is evaluated.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from core.wire import AdapterInit, ClientStart
@@ -74,15 +76,26 @@ class FlexLoRA(FactoredMethod):
         return new
 
     def aggregate_adapters(self, state: GlobalState, pairs: list[Pair]):
+        """The SVD of the weighted sum; ``info["agg_noise"]``: per module, what storing its factors in float32 loses.
+
+        ``s Bs As = s (U S) V^T`` is the ideal ``sum_i p_i s B_i A_i`` (to float64 rounding), so the aggregation
+        noise is ``s ||(U S) V^T - fl32(U S) fl32(V^T)||_F`` (:func:`svd_rounding_noise`, from ``q x q`` products).
+        """
         weights = self.client_weights(pairs)
         new = state.copy()
+        noise = {}
         for m in self.modules:
             Bs = torch.cat([u.adapters["main"][m][0].double() * weights[s.client_id] for s, u in pairs], 1)
             As = torch.cat([u.adapters["main"][m][1].double() for _, u in pairs], 0)
             U, S, Vh = factored_svd(Bs, As)  # s * Bs @ As = dW_g; keep the scale outside the factors
-            new.tensors[f"{m}/B"] = (U * S).to(torch.float32)
+            US = U * S
+            new.tensors[f"{m}/B"] = US.to(torch.float32)
             new.tensors[f"{m}/A"] = Vh.to(torch.float32).contiguous()
-        return new, weights
+            value = svd_rounding_noise(US, Vh, new.tensors[f"{m}/B"], new.tensors[f"{m}/A"])
+            if value is None:  # the rounding terms cancel: left to the metrics' own computation
+                return new, weights
+            noise[m] = self.scale * value
+        return new, weights, {"agg_noise": noise}
 
 
 def numerical_rank(S: torch.Tensor, size: int) -> int:
@@ -94,3 +107,22 @@ def numerical_rank(S: torch.Tensor, size: int) -> int:
     if S.numel() == 0 or float(S[0]) == 0.0:
         return 0
     return int((S > S[0] * size * torch.finfo(torch.float32).eps).sum())
+
+
+def svd_rounding_noise(US: torch.Tensor, Vh: torch.Tensor, B: torch.Tensor, A: torch.Tensor) -> float | None:
+    """``||US Vh - B A||_F`` (float64) where ``Vh: (q, k)`` has orthonormal rows and ``B, A`` round ``US, Vh``.
+
+    With ``dB = US - B`` and ``dA = Vh - A``, ``US Vh - B A = dB Vh + B dA``; as ``Vh Vh^T = I``,
+    ``||.||_F^2 = ||dB||_F^2 + 2 tr((dB^T B)(dA Vh^T)) + tr((B^T B)(dA dA^T))``: ``q x q`` products only,
+    ``O((d + k) q^2)``, no ``d x k`` matrix. ``None`` when the three terms nearly cancel (the square is below
+    ``1e-6`` of their magnitudes), where this form would lose digits.
+    """
+    B64, A64 = B.to(torch.float64), A.to(torch.float64)
+    dB, dA = US - B64, Vh - A64
+    first = float((dB * dB).sum())
+    cross = 2.0 * float(torch.trace((dB.T @ B64) @ (dA @ Vh.T)))
+    last = float(torch.trace((B64.T @ B64) @ (dA @ dA.T)))
+    square = first + cross + last
+    if square <= 1e-6 * (first + abs(cross) + last):
+        return None if first + last > 0 else 0.0
+    return math.sqrt(square)
