@@ -36,6 +36,7 @@ from orchestrator.preflight import similarity_module
 from orchestrator.ranks import assign_ranks
 from orchestrator.state import GlobalState
 from orchestrator.system_model import RoundPlan, SystemModel, job_work
+from orchestrator.untrained_cache import nonzero_deltas, untrained_key
 from workers.actor import make_worker
 from workers.eval_results import combine, example_rows, shard_ranges
 from workers.resources import resolve_resources
@@ -223,7 +224,8 @@ class Driver:
                       worker_restarts=0)
         return record
 
-    def evaluate(self, state: GlobalState | None = None, round_idx: int | None = None) -> dict[str, Any]:
+    def evaluate(self, state: GlobalState | None = None, round_idx: int | None = None,
+                 drop_zero: bool = False) -> dict[str, Any]:
         """Global model on the global test set; personalized models (if any) on their clients' test splits.
 
         ``state`` defaults to the current global state and ``round_idx`` (the ``round`` of the per-example
@@ -232,21 +234,21 @@ class Driver:
         then ``personal`` per client in client order). The global test set is split into one shard of whole
         batches per worker (``workers.eval_results``), so evaluation uses every worker and its metrics and
         rows are identical for any number of workers. ``worker_restarts``: jobs of this evaluation re-run
-        because their worker died (a training round adds them to its own count).
+        because their worker died (a training round adds them to its own count). ``drop_zero``: modules
+        whose delta is exactly zero are evaluated as ``W0`` (the same function, without a fold).
         """
         state = self.state if state is None else state
         round_idx = self.round if round_idx is None else round_idx
         deltas, head = self.method.global_delta(state), state.head()
+        personal = self._personal_deltas(state)
+        if drop_zero:
+            deltas = nonzero_deltas(deltas)
+            personal = [(c, nonzero_deltas(p)) for c, p in personal]
         shards = shard_ranges(int(self.data_info["global_test_size"]), self.cfg.train.eval_batch_size, len(self.pool))
         jobs = [Job("evaluate_shard", (deltas, head, None, a, b), f"evaluation of the global model (examples {a}-{b})")
                 for a, b in shards]
-        personal_ids: list[int] = []
-        if self.cfg.eval_personal:
-            for c in range(self.num_clients):
-                personal = self.method.personal_delta(state, c)
-                if personal is not None:
-                    personal_ids.append(c)
-                    jobs.append(Job("evaluate_shard", (personal, head, c), f"personalized evaluation of client {c}"))
+        jobs += [Job("evaluate_shard", (p, head, c), f"personalized evaluation of client {c}") for c, p in personal]
+        personal_ids = [c for c, _ in personal]
         done = self.pool.run(jobs)
         results = [r.value for r in done]
         shard_results, personal_results = results[: len(shards)], results[len(shards):]
@@ -269,9 +271,32 @@ class Driver:
         That is the method's initial global state (``init_global``: for every method ``W0`` plus initial
         adapters with ``B = 0``, i.e. the base model with the initial head), whatever round the driver is
         at (it is rebuilt from the seed). Returns the record ``{"round": 0, "method", metrics, "examples"}``.
+        The modules whose initial delta is exactly zero (``B = 0``: all of them for every built-in method) are
+        evaluated as ``W0`` itself, so the evaluation is the same computation for every method
+        (:mod:`orchestrator.untrained_cache`).
         """
-        state = self.state if self.round == 0 else self.method.init_global(self.initial_head)
-        return {"round": 0, "method": self.cfg.method.name, **self.evaluate(state, 0)}
+        return {"round": 0, "method": self.cfg.method.name, **self.evaluate(self._initial_state(), 0, drop_zero=True)}
+
+    def untrained_key(self) -> str | None:
+        """The key of the round-0 evaluation in :class:`orchestrator.untrained_cache.UntrainedCache`.
+
+        ``None`` when some initial delta is not exactly zero (the untrained model then depends on the method).
+        """
+        state = self._initial_state()
+        personal = self._personal_deltas(state)
+        if nonzero_deltas(self.method.global_delta(state)) or any(nonzero_deltas(p) for _, p in personal):
+            return None
+        return untrained_key(self.cfg, state.head(), [c for c, _ in personal])
+
+    def _initial_state(self) -> GlobalState:
+        return self.state if self.round == 0 else self.method.init_global(self.initial_head)
+
+    def _personal_deltas(self, state: GlobalState) -> list[tuple[int, dict]]:
+        """``(client, deltas)`` of every personalized model to evaluate (none unless ``eval_personal``)."""
+        if not self.cfg.eval_personal:
+            return []
+        found = ((c, self.method.personal_delta(state, c)) for c in range(self.num_clients))
+        return [(c, p) for c, p in found if p is not None]
 
     # -------------------------------------------------------------------------------------------- metrics
     def _similarity_module(self) -> str | None:

@@ -122,6 +122,30 @@ def test_personal_examples_are_each_clients_own_test_split():
         driver.shutdown()
 
 
+def test_untrained_evaluation_is_one_computation_for_every_method():
+    """Round 0 with the zero deltas dropped equals the full evaluation of the initial state, and is the same
+    record (metrics and rows) with the same cache key for every method: what a sweep's untrained cache shares."""
+    driver = Driver(smoke(rounds=1))
+    try:
+        first, key = None, driver.untrained_key()
+        for name in ("fedplora", "flora", "pfedlora", "ffa_lora"):
+            if name != "fedplora":
+                driver.reset(smoke(f"method.name={name}", rounds=1))
+            assert driver.untrained_key() == key is not None
+            initial = driver.evaluate_initial()
+            full = driver.evaluate(driver.method.init_global(driver.initial_head), 0)  # every delta folded
+            for k in ("rouge_l", "eval_loss", "eval_examples"):
+                assert initial[k] == full[k], (name, k)
+            assert initial["examples"] == full["examples"]
+            initial.pop("method")
+            first = first or initial
+            assert initial == first, name
+        driver.reset(smoke("seed=1", rounds=1))
+        assert driver.untrained_key() not in (key, None)
+    finally:
+        driver.shutdown()
+
+
 @pytest.mark.parametrize("workers", [1, 4])
 def test_same_result_for_1_2_4_workers(reference, tmp_path, workers):
     out = tmp_path / f"w{workers}"

@@ -387,6 +387,8 @@ def test_warm_trials_run_on_kept_workers_and_match_fresh_ones(reference_sweep, t
     ids = list(table["trial_id"])
     states = [_state(out, t) for t in ids]
     assert [s["warm_start"] for s in states] == [False, True]
+    assert [s["untrained_cached"] for s in states] == [False, True]  # one untrained model, evaluated once
+    assert len(list((out / "cache" / "untrained").glob("*.pkl"))) == 1
     for tid in ids:
         warm, cold = (pd.read_csv(d / "trials" / tid / "rounds.csv") for d in (out, reference_sweep[0]))
         metrics = [c for c in cold.columns if not c.startswith("t_")]
