@@ -19,6 +19,8 @@ per-example rows under ``"examples"``; :meth:`Driver.evaluate_initial` evaluates
 
 from __future__ import annotations
 
+import importlib
+import threading
 import time
 from typing import Any
 
@@ -55,6 +57,7 @@ class Driver:
         self.worker_options = dict(worker_options or {})
         self.pool = WorkerPool(self._factory(cfg), self.resources.num_workers)
         self.reused: list[dict[str, bool]] | None = None  # per worker, after reset(): what it kept
+        preload("peft")  # the final export's LoraConfig, imported while the workers load the model
         self._start(cfg)
 
     def _factory(self, cfg: RunConfig):
@@ -324,6 +327,20 @@ class Driver:
 
 
 DriverActor = ray.remote(num_cpus=0)(Driver)
+
+
+def preload(module: str) -> None:
+    """Import ``module`` in a daemon thread, so a later import finds it loaded instead of waiting for it.
+
+    A failure is left to the later import, which raises it where it matters.
+    """
+    def load() -> None:
+        try:
+            importlib.import_module(module)
+        except Exception:  # the real import reports it
+            pass
+
+    threading.Thread(target=load, name=f"preload-{module}", daemon=True).start()
 
 
 def startup_message(err: BaseException) -> str:
