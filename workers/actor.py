@@ -1,7 +1,8 @@
 """The ClientWorker: a Ray actor holding one resident base model and the federated data of a run.
 
 A worker builds its :class:`LocalTrainer` and the federated split once (deterministic from the run
-seed, so every worker of a run holds the same partition) and then runs any client's job on demand. Raw
+seed, so every worker of a run holds the same partition) and then runs any client's job on demand, or a
+pack of client jobs of one round at once on the same model (:meth:`ClientWorker.train_pack`). Raw
 examples never leave the worker: its methods return module specs, counts, metrics and ClientUpdates
 (adapter/head tensors only). After every job the worker hands the memory the job freed back to the
 OS (:mod:`workers.memory`), so its footprint does not grow with the clients it serves. The class is plain
