@@ -9,7 +9,8 @@ actor (:data:`DriverActor`).
 Round ``t`` (0-based): sample ``floor(participation * N)`` clients uniformly without replacement from the
 stream (seed, "sample", t); keep those the system model lets answer in time (``orchestrator.system_model``;
 all of them without a ``system`` section; with none kept the state stays as it was); build their
-ClientStarts; run them on free workers as workers free up;
+ClientStarts; run them on free workers as workers free up (with ``resources.clients_per_worker = k > 1``
+in fixed packs of ``k`` consecutive clients, one job per pack: :func:`client_jobs`);
 aggregate (updates in client-id order, so completion order never matters); step the server optimizer
 on the aggregate (noise is measured on the aggregate itself); measure noise and bytes;
 evaluate every ``eval_every`` rounds and after the last round. An evaluated round's record carries its
@@ -22,6 +23,7 @@ from __future__ import annotations
 import importlib
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import ray
@@ -39,7 +41,7 @@ from orchestrator.ranks import assign_ranks
 from orchestrator.state import GlobalState
 from orchestrator.system_model import RoundPlan, SystemModel, job_work
 from orchestrator.untrained_cache import nonzero_deltas, untrained_key
-from workers.actor import make_worker
+from workers.actor import make_worker, pack_label
 from workers.eval_results import combine, example_rows, shard_ranges
 from workers.resources import resolve_resources
 
@@ -148,12 +150,12 @@ class Driver:
         starts = [self.method.client_start(self.state, c, t) for c in clients]
         t_starts = time.perf_counter() - t_start
 
-        jobs = [Job("train", (s,), f"client {s.client_id} in round {t + 1}") for s in starts]
+        k = cfg.resources.clients_per_worker
         t0 = time.perf_counter()
-        results = self.pool.run(jobs)
+        results = self.pool.run(client_jobs(starts, k, t))
         t_train = time.perf_counter() - t0
         sent = self.pool.last_broadcast
-        updates: list[ClientUpdate] = [r.value for r in results]
+        updates, pack_of = unpack_updates([r.value for r in results], k, clients)
 
         t0 = time.perf_counter()
         agg = self.method.aggregate(self.state, starts, updates)
@@ -188,10 +190,11 @@ class Driver:
             t_round=time.perf_counter() - t_start,
             worker_restarts=sum(r.restarts for r in results) + eval_restarts)
         record["client_rows"] = [
-            {"round": t + 1, "client": u.client_id, "rank": s.rank, "n_examples": u.n_examples,
-             "train_loss": u.train_loss, "steps": u.steps, "compute_seconds": u.compute_seconds,
-             "weight": agg.weights[u.client_id], "restarts": r.restarts, "peak_gpu_bytes": u.peak_memory_bytes}
-            for s, u, r in zip(starts, updates, results)]
+            {"round": t + 1, "client": u.client_id, **({"pack": p} if k > 1 else {}), "rank": s.rank,
+             "n_examples": u.n_examples, "train_loss": u.train_loss, "steps": u.steps,
+             "compute_seconds": u.compute_seconds, "weight": agg.weights[u.client_id],
+             "restarts": results[p].restarts, "peak_gpu_bytes": u.peak_memory_bytes}
+            for s, u, p in zip(starts, updates, pack_of)]
         if self.cfg.system.active:
             self._add_system_columns(record, plan, state_before)
         if similarity is not None:
@@ -341,6 +344,35 @@ def preload(module: str) -> None:
             pass
 
     threading.Thread(target=load, name=f"preload-{module}", daemon=True).start()
+
+
+def client_jobs(starts: Sequence[ClientStart], k: int, round_idx: int) -> list[Job]:
+    """The pool jobs of round ``round_idx`` (0-based): its client starts, in client-id order, in packs of ``k``.
+
+    ``k = 1``: one ``train`` job per client. ``k > 1``: pack ``p`` is the ``train_pack`` job of
+    ``starts[p*k : (p+1)*k]`` (the last pack holds what is left), so which clients train together depends
+    on the round's clients and ``k`` only, never on the number of workers or which worker is free first.
+    A worker that dies re-runs its whole job (:class:`orchestrator.pool.WorkerPool`), a pack included.
+    """
+    if k == 1:
+        return [Job("train", (s,), f"client {s.client_id} in round {round_idx + 1}") for s in starts]
+    packs = [tuple(starts[i: i + k]) for i in range(0, len(starts), k)]
+    return [Job("train_pack", (pack,), f"{pack_label([s.client_id for s in pack], round_idx)} (pack {p})")
+            for p, pack in enumerate(packs)]
+
+
+def unpack_updates(values: Sequence[Any], k: int, clients: Sequence[int]) -> tuple[list[ClientUpdate], list[int]]:
+    """The updates of :func:`client_jobs`' results, one per client in ``clients`` order, and each one's job index.
+
+    ``values``: the jobs' return values (a ``ClientUpdate`` per ``train`` job, a list per ``train_pack`` job).
+    Raises when the updates are not those of ``clients`` in that order.
+    """
+    packs = [list(v) for v in values] if k > 1 else [[v] for v in values]
+    updates = [u for pack in packs for u in pack]
+    got = [u.client_id for u in updates]
+    if got != list(clients):
+        raise RuntimeError(f"the client jobs returned updates of clients {got}; expected {list(clients)}")
+    return updates, [p for p, pack in enumerate(packs) for _ in pack]
 
 
 def startup_message(err: BaseException) -> str:

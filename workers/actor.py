@@ -1,7 +1,8 @@
 """The ClientWorker: a Ray actor holding one resident base model and the federated data of a run.
 
 A worker builds its :class:`LocalTrainer` and the federated split once (deterministic from the run
-seed, so every worker of a run holds the same partition) and then runs any client's job on demand. Raw
+seed, so every worker of a run holds the same partition) and then runs any client's job on demand, or a
+pack of client jobs of one round at once on the same model (:meth:`ClientWorker.train_pack`). Raw
 examples never leave the worker: its methods return module specs, counts, metrics and ClientUpdates
 (adapter/head tensors only). After every job the worker hands the memory the job freed back to the
 OS (:mod:`workers.memory`), so its footprint does not grow with the clients it serves. The class is plain
@@ -149,6 +150,26 @@ class ClientWorker:
         finally:
             release_freed_memory()
 
+    def train_pack(self, starts: Sequence[ClientStart]) -> list[ClientUpdate]:
+        """Run the client jobs ``starts`` (one round's) at once on the one resident model; updates in their order.
+
+        Each start is prepared as :meth:`train` prepares it (fault injection, fold key of the unresolved
+        fold, its client's train split); the shared tensors of the whole pack are resolved together, so the
+        worker's cache keeps every object the pack names. The jobs run through :func:`train_clients`.
+        """
+        for s in starts:
+            check_injected_fault(s.client_id, s.round)
+        keys = [self.shared.fold_key(s.fold) for s in starts]
+        resolved: list[ClientStart] = self.shared.resolve(list(starts))
+        examples = [self._client(s.client_id).train for s in resolved]
+        try:
+            return train_clients(self.trainer, resolved, examples, keys)
+        except oom_types() as err:
+            raise out_of_memory(pack_label([s.client_id for s in starts], starts[0].round),
+                                self.trainer.device) from err
+        finally:
+            release_freed_memory()
+
     def evaluate(self, deltas: dict[str, Delta | Sequence[Delta]], head: dict[str, Tensor] | None = None,
                  client_id: int | None = None) -> dict[str, float]:
         """Metrics of ``W0 + deltas`` (+ head) on the global test set, or on ``client_id``'s local test split."""
@@ -179,6 +200,27 @@ class ClientWorker:
         if not 0 <= client_id < self.data.num_clients:
             raise ValueError(f"client_id={client_id} is out of range: the run has {self.data.num_clients} clients")
         return self.data.clients[client_id]
+
+
+def train_clients(trainer: Any, starts: Sequence[ClientStart], examples: Sequence[Sequence[Any]],
+                  fold_keys: Sequence[str | None]) -> list[ClientUpdate]:
+    """Train a pack of client jobs on ``trainer``: ``workers.packed_training.train_pack``, updates in ``starts`` order.
+
+    Where that module is absent the jobs run one after another with ``trainer.train``, which gives each
+    client exactly the update it gets alone (the packed trainer's contract, up to float rounding).
+    """
+    try:
+        from workers.packed_training import train_pack
+    except ModuleNotFoundError as err:
+        if err.name != "workers.packed_training":
+            raise
+        return [trainer.train(s, ex, key) for s, ex, key in zip(starts, examples, fold_keys, strict=True)]
+    return train_pack(trainer, starts, examples, fold_keys)
+
+
+def pack_label(client_ids: Sequence[int], round_idx: int) -> str:
+    """``"clients 0, 3 in round 2"``: a pack of client jobs in errors (``round_idx`` 0-based, shown 1-based)."""
+    return f"clients {', '.join(str(c) for c in client_ids)} in round {round_idx + 1}"
 
 
 def make_worker(resources: WorkerResources, model_cfg: ModelConfig, data_cfg: DataConfig,

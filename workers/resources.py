@@ -12,7 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from core.validation import is_number
+from core.validation import check_int, is_number
 
 DEVICES = ("auto", "cuda", "cpu")
 _EPS = 1e-9
@@ -25,12 +25,18 @@ class ResourceConfig:
     ``device``: ``"auto"`` uses GPUs when the Ray cluster has them, else the CPU; ``"cuda"`` requires
     GPUs (an error when there are none); ``"cpu"`` never asks for a GPU. ``gpus_per_worker``: ``None``
     shares the cluster's GPUs evenly (``1 / ceil(num_workers / num_gpus)``, at most 1).
+    ``clients_per_worker``: ``k`` client jobs of a round trained at once by one worker on its one copy of
+    the base model (packed jobs: :meth:`workers.actor.ClientWorker.train_pack`); the round's clients, in
+    client-id order, are cut into consecutive packs of ``k`` (``orchestrator.driver.client_jobs``). Unlike
+    the other options it can change results (packed arithmetic differs at float rounding), so a value other
+    than 1 enters the config fingerprint; 1 (the default) is one job per client.
     """
 
     device: Literal["auto", "cuda", "cpu"] = "auto"
     num_workers: int = 2
     gpus_per_worker: float | None = None
     cpus_per_worker: float = 1.0
+    clients_per_worker: int = 1
 
     def __post_init__(self) -> None:
         if self.device not in DEVICES:
@@ -43,6 +49,11 @@ class ResourceConfig:
                 raise ValueError(f"resources.gpus_per_worker={g!r} must be in (0, 1] or a whole number")
         if not (is_number(self.cpus_per_worker) and self.cpus_per_worker > 0):
             raise ValueError(f"resources.cpus_per_worker={self.cpus_per_worker!r} must be a number > 0")
+        check_int("resources.clients_per_worker", self.clients_per_worker, 1)
+
+
+# The options that only size and place the pool: no result depends on them (``clients_per_worker`` can).
+PLACEMENT_KEYS = ("device", "num_workers", "gpus_per_worker", "cpus_per_worker")
 
 
 @dataclass(frozen=True)
