@@ -20,7 +20,7 @@ from orchestrator.method_config import MethodConfig
 from orchestrator.methods import available_methods, build_method
 from tests.method_helpers import ranks_for
 from tests.test_local_training import FAST, global_factors, make_trainer, start_for
-from workers.local_training import LocalTrainer
+from workers.local_training import LocalTrainer, token_lengths
 from workers.models import ModelConfig, load_model
 from workers.packed_training import PACKED, SOLO, ClientLoRA, packed_lora_forward, plan_pack, train_pack
 from workers.precision import GpuMemoryError
@@ -330,3 +330,32 @@ def test_clients_with_no_examples_take_no_step(example_factory):
     for m, init in starts[0].adapters["main"].items():
         assert torch.equal(empty.adapters["main"][m][0], init.B)
 
+
+
+def test_gradient_checkpointing_replays_the_packed_forward_and_its_dropout_masks(example_factory):
+    # The recomputed forward in the backward pass must see the same segments and the same LoRA dropout masks
+    starts = [start_for(make_trainer(), c, seed=c, rank=1 + c) for c in range(3)]
+    examples = [example_factory(n, offset=20 * i) for i, n in enumerate((4, 7, 6))]
+    plain = train_pack(make_trainer(lora_dropout=0.3), starts, examples, [None] * 3)
+    checkpointed = train_pack(make_trainer(lora_dropout=0.3, gradient_checkpointing=True), starts, examples, [None] * 3)
+    for p, c, s in zip(plain, checkpointed, starts):
+        close_update(c, p, s)
+
+
+def test_lora_dropout_masks_depend_on_the_client_alone(example_factory):
+    # tiny-llama has no backbone dropout: with LoRA dropout on, client 0's result is the same in two packs whose
+    # other clients (seeds, ranks, data, sequence lengths) differ, and differs with another seed of its own
+    trainer = make_trainer(lora_dropout=0.3)
+    mine = start_for(trainer, 0, seed=5, rank=2)
+    others = [start_for(trainer, c, seed=40 + c, rank=c) for c in (1, 2, 3)]
+    ex = example_factory(7)
+    tails = (" and a much longer tail", " and a longer tail", "")  # other sizes and lengths, so other padding
+    longer = [[dataclasses.replace(e, text=e.text + tail) for e in example_factory(9 - i, offset=50)]
+              for i, tail in enumerate(tails)]
+    widths = [max(token_lengths(trainer.tokenizer, x, "classification")) for x in (ex, *longer)]
+    assert widths[1] > widths[3] and widths[1] < trainer.max_length
+    a = train_pack(trainer, [mine, *others[:2]], [ex, longer[0], longer[1]], [None] * 3)[0]
+    b = train_pack(trainer, [mine, others[2]], [ex, longer[2]], [None] * 2)[0]
+    c = train_pack(trainer, [dataclasses.replace(mine, seed=6), others[2]], [ex, longer[2]], [None] * 2)[0]
+    close_update(a, b, mine)
+    assert differ(a, c)

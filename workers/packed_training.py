@@ -34,13 +34,17 @@ relative change of the gradient of ``1e-6`` moves the step by about ``lr * 1e-6`
 off by the size of that adapter's contribution (orders of magnitude more).
 
 Dropout on. Randomness is drawn so that a result depends only on the pack, never on the worker count or the
-order in which packs run: ``train.lora_dropout`` masks of client ``c`` come from a generator seeded by
-``(start.seed, "lora-dropout", step, module, adapter)`` (recomputed identically by gradient checkpointing), with
-the shape of the client's rows in the padded batch (so they depend on the pack's longest sequence); the
-backbone's own dropout (attention, hidden, classifier dropout) draws from torch's global generator seeded from
-the seeds of the pack's clients in order, over the whole packed batch. A packed client's result then depends on
-its start, its examples, the training options, and the pack (the other clients' seeds, batch sizes and
-sequence lengths); packs are formed by the driver from the sorted client list, so it is reproducible.
+order in which packs run. ``train.lora_dropout`` masks of client ``c`` come from a generator seeded by
+``(start.seed, "lora-dropout", step, module, adapter)`` (recomputed identically by gradient checkpointing), drawn
+for the client's own batch (its rows and its own padded length; ones over the pack's extra padding, which no real
+position attends to): with the backbone's dropout at 0 a client's result depends on its own start and examples
+only, not on its pack-mates (up to the float32 rounding above). These masks are not PEFT's (``LocalTrainer.train``
+draws ``nn.Dropout`` masks from torch's global generator), so with dropout on a packed client's update is a
+different sample than its solo update, not the same numbers. The backbone's own dropout (attention, hidden,
+classifier dropout) draws from torch's global generator, seeded from the seeds of the pack's clients in order,
+over the whole packed batch: with it on, a client's result also depends on its pack (the other clients' seeds,
+batch sizes and sequence lengths). Packs are formed by the driver from the sorted client list, so a run is
+reproducible for a given pack size.
 
 When clients cannot share one pass, they run one after another with ``LocalTrainer.train`` (correct, not
 packed): a client whose merged (dense) fold differs from every other client's of the pack (one base weight
@@ -299,6 +303,7 @@ class _Client:
             {m: fold_branch_factors(deltas, device) for m, deltas in branch if deltas},
             self._dropout if cfg.lora_dropout > 0 else None)
         self.step = 0
+        self.width = 0  # the padded length of the client's own batch this step
         self.stage: int | None = None
         self.params: list[nn.Parameter] = []
         all_params: dict[int, nn.Parameter] = {}
@@ -340,10 +345,19 @@ class _Client:
         return ids
 
     def _dropout(self, x: Tensor, name: str, module: str) -> Tensor:
-        """Inverted dropout of rate ``train.lora_dropout`` with a mask keyed by (seed, step, module, adapter)."""
+        """Inverted dropout of rate ``train.lora_dropout`` with a mask keyed by (seed, step, module, adapter).
+
+        On a ``(rows, length, ...)`` input the mask is drawn for the client's own batch width (``self.width``) and
+        padded with ones over the pack's extra padding, so the mask of every real position depends on the client
+        alone; other inputs get a mask of their own shape.
+        """
         gen = torch.Generator(device=x.device)
         gen.manual_seed(derive_seed(self.start.seed, "lora-dropout", self.step, module, name))
-        keep = torch.empty_like(x).bernoulli_(1.0 - self.p, generator=gen)
+        own = x.dim() >= 3 and x.shape[1] >= self.width
+        shape = (x.shape[0], self.width, *x.shape[2:]) if own else tuple(x.shape)
+        keep = torch.empty(shape, dtype=x.dtype, device=x.device).bernoulli_(1.0 - self.p, generator=gen)
+        if own and self.width < x.shape[1]:
+            keep = torch.cat([keep, keep.new_ones((x.shape[0], x.shape[1] - self.width, *x.shape[2:]))], 1)
         return x * keep / (1.0 - self.p)
 
     def penalty(self, device: torch.device) -> Tensor:
@@ -437,6 +451,8 @@ class _PackedJob:
     def _step(self, active: list[_Client]) -> None:
         trainer, cfg = self.trainer, self.trainer.cfg
         parts = [trainer.collate([c.examples[i] for i in c.enter_step()]) for c in active]
+        for c, part in zip(active, parts):
+            c.width = part["input_ids"].shape[1]
         batch = pack_batches(parts, trainer.tokenizer)
         labels = batch.pop("labels")
         bounds, lo = [], 0
