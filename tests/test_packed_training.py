@@ -244,6 +244,9 @@ def test_shared_dense_fold_is_merged_once_and_differing_dense_folds_run_alone(ex
 
     # Assert: groups (0, 2) and (1, 3), each packed on its own merged weight; every update equals its solo one
     assert [(g.clients, g.path) for g in plan.groups] == [((0, 2), PACKED), ((1, 3), PACKED)]
+    assert plan.path_of(3) == PACKED and plan.groups[1].reason == "one shared dense fold merged once"
+    for m, layer in trainer.layers.items():  # the last group's fold sits in the shared base weight
+        torch.testing.assert_close(layer.get_base_layer().weight, trainer.w0[m] + f2[m])
     for s, ex, p in zip(starts, examples, packed):
         close_update(p, make_trainer().train(s, ex), s)
     lone = train_pack(trainer, starts[:2], examples[:2], [None, None])

@@ -319,7 +319,7 @@ class LocalTrainer:
         all_params: dict[int, nn.Parameter] = {}
         for stage in start.stages:
             all_params.update({id(p): p for p in self.set_trainable(start, stage.train)})
-        optimizer = self._optimizer(list(all_params.values()))
+        optimizer = self.new_optimizer(list(all_params.values()))
         scaler = precision.grad_scaler(self.cfg.autocast, self.device)
         anchors = start_values(all_params.values()) if self.cfg.prox_mu > 0 else None
         batches = batch_indices(n, self.cfg.batch_size, order)
@@ -361,7 +361,8 @@ class LocalTrainer:
         """The forward-pass precision context of ``train.autocast`` (:mod:`workers.precision`)."""
         return precision.autocast(self.cfg.autocast, self.device)
 
-    def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    def new_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """A fresh ``train.optimizer`` (AdamW or SGD with the train options) over ``params``."""
         if not params:
             params = [nn.Parameter(torch.zeros(1))]  # nothing trainable: a no-op optimizer keeps the loop simple
         if self.cfg.optimizer == "sgd":

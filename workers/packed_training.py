@@ -137,11 +137,8 @@ def packed_lora_forward(layer: nn.Module, module: str, segments: Sequence[Segmen
     client's adapters on ``module`` and ``+ B_f (A_f x_c)`` for its fold branch (scaling 1, no dropout): per
     row the operations of ``peft.tuners.lora.Linear.forward`` with that client's adapters active.
     """
+    _check_rows(module, x, segments)
     result = layer.base_layer(x, *args, **kwargs)
-    rows = segments[-1][1] if segments else 0
-    if x.shape[0] != rows:
-        raise RuntimeError(f"packed training: target module {module} got an input with {x.shape[0]} rows on dim 0 "
-                           f"for a packed batch of {rows} examples (the batch must be dim 0)")
     out_dtype = result.dtype
     parts = []
     for lo, hi, client in segments:
@@ -168,10 +165,18 @@ def packed_linear_forward(module: str, segments: Sequence[tuple[int, int, dict[s
 
     ``segments``: ``(lo, hi, params)`` with the client's head tensors by parameter name (``{module}.weight``...).
     """
+    _check_rows(module, x, segments)
     parts = []
     for lo, hi, params in segments:
         parts.append(F.linear(x[lo:hi], params[f"{module}.weight"], params.get(f"{module}.bias")))
     return torch.cat(parts) if len(parts) > 1 else parts[0]
+
+
+def _check_rows(module: str, x: Tensor, segments: Sequence[tuple[int, int, Any]]) -> None:
+    rows = segments[-1][1] if segments else 0
+    if x.shape[0] != rows:
+        raise RuntimeError(f"packed training: module {module} got an input with {x.shape[0]} rows on dim 0 for a "
+                           f"packed batch of {rows} examples (the batch must be dim 0)")
 
 
 # ------------------------------------------------------------------------------------------------------ planning
@@ -292,8 +297,7 @@ class _Client:
             self.factors[name] = {m: (nn.Parameter(init.A.detach().to(device, torch.float32, copy=True)),
                                       nn.Parameter(init.B.detach().to(device, torch.float32, copy=True)))
                                   for m, init in per_module.items()}
-        params = trainer._params
-        self.head = {name: nn.Parameter(value.detach().to(device, params[name].dtype, copy=True))
+        self.head = {name: nn.Parameter(value.detach().to(device, trainer.model.get_parameter(name).dtype, copy=True))
                      for name, value in trainer.head_values(start.head).items()}
         self.trains_head = start.train_head and trainer.task == "classification"
         self.p = float(cfg.lora_dropout)
@@ -309,7 +313,7 @@ class _Client:
         all_params: dict[int, nn.Parameter] = {}
         for stage in start.stages:
             all_params.update({id(p): p for p in self.stage_params(stage.train)})
-        self.optimizer = trainer._optimizer(list(all_params.values()))
+        self.optimizer = trainer.new_optimizer(list(all_params.values()))
         self.scaler = precision.grad_scaler(cfg.autocast, device)
         self.anchors = start_values(all_params.values()) if cfg.prox_mu > 0 else None
         self.losses: list[float] = []
