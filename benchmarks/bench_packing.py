@@ -256,7 +256,10 @@ def markdown(result: dict) -> str:
                  "same-repeat ratios (one-by-one time / packed time); ratio of min wall times: the fastest one-by-one "
                  "run over the fastest packed run; CPU s: the process's CPU time (the worker's own work, little "
                  "disturbed by other processes on a shared machine); computed tokens: rows x padded length summed "
-                 "over the steps (a pack pads every batch of a step to the pack's longest example).",
+                 "over the steps (a pack pads every batch of a step to the pack's longest example); max abs diff: "
+                 "the largest difference of a trained factor from the one-by-one run: float32 rounding for a model "
+                 "without dropout (the Llama), another dropout sample for one with dropout (MiniLM's backbone "
+                 "dropout 0.1 draws other masks in a pack: `workers/packed_training.py`).",
                  "", f"k separate workers (one model each, one job at a time) hold {mdl['frozen_bytes'] / MiB:.1f} MiB "
                  f"of frozen weights per client; loading the model added {mdl['model_rss_bytes'] / MiB:.0f} MiB of "
                  f"resident memory to the process, and a one-client worker peaks at {solo['peak_rss_mib']:.0f} MiB, "
