@@ -362,3 +362,17 @@ def test_lora_dropout_masks_depend_on_the_client_alone(example_factory):
     c = train_pack(trainer, [dataclasses.replace(mine, seed=6), others[2]], [ex, longer[2]], [None] * 2)[0]
     close_update(a, b, mine)
     assert differ(a, c)
+
+
+def test_packed_training_under_bf16_autocast(example_factory):
+    # bf16 rounds the base's matmuls per shape (module docstring): the losses agree to bf16 precision, and the
+    # update is float32 and trained
+    trainer = make_trainer(autocast="bf16", local_epochs=1)
+    starts = method_starts(trainer, "pfedlora")
+    examples = [example_factory(n, offset=100 * i) for i, n in enumerate(SIZES)]
+    packed = train_pack(trainer, starts, examples, [None] * 3)
+    solo = [make_trainer(autocast="bf16", local_epochs=1).train(s, ex) for s, ex in zip(starts, examples)]
+    for p, s in zip(packed, solo):
+        assert p.steps == s.steps and p.train_loss == pytest.approx(s.train_loss, rel=1e-2)
+        assert all(t.dtype == torch.float32 for per in p.adapters.values() for pair in per.values() for t in pair)
+    assert differ(packed[1], packed[2])

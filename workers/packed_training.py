@@ -31,7 +31,10 @@ or underflow to 0, mean pooling and the token loss weigh them by 0). Those ulp-l
 relative change of the gradient of ``1e-6`` moves the step by about ``lr * 1e-6``. The tests
 (``tests/test_packed_training.py``) check factors and heads to ``rtol = 1e-4, atol = 1e-5`` and the loss to
 ``rel = 1e-5`` after a few steps at ``lr = 1e-2``; a row that saw another client's adapter or head would be
-off by the size of that adapter's contribution (orders of magnitude more).
+off by the size of that adapter's contribution (orders of magnitude more). Under ``train.autocast`` the same holds at
+the autocast precision (bf16: ``eps = 7.8e-3``): the base's low-precision matmuls on other shapes round
+differently, and AdamW's sign-like first steps can turn that into differences up to ``lr`` on factor entries
+whose gradient is near zero; the update is another rounding of the same computation, not the same numbers.
 
 Dropout on. Randomness is drawn so that a result depends only on the pack, never on the worker count or the
 order in which packs run. ``train.lora_dropout`` masks of client ``c`` come from a generator seeded by
