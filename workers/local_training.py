@@ -17,7 +17,8 @@ and a pristine CPU copy of the original target weights ``W0: (d, k)``. Every job
    ``train.prox_mu > 0`` the loss adds FedProx's proximal term towards the start-of-job values.
 
 Every random stream (batch order, dropout) comes from ``start.seed``, so a job's result does not depend
-on which worker ran it or what it ran before.
+on which worker ran it or what it ran before. Several jobs of a round trained in one pass on this model:
+:mod:`workers.packed_training`.
 """
 
 from __future__ import annotations
