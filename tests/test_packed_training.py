@@ -307,7 +307,7 @@ def test_out_of_memory_in_a_pack_names_its_clients(example_factory, monkeypatch)
         raise torch.OutOfMemoryError("CUDA out of memory")
 
     monkeypatch.setattr(trainer.model, "forward", no_memory)
-    with pytest.raises(GpuMemoryError, match=r"the pack of clients \[3, 5\] in round 1"):
+    with pytest.raises(GpuMemoryError, match=r"the pack of clients 3, 5 in round 1"):
         train_pack(trainer, starts, [example_factory(4), example_factory(4)], [None, None])
     monkeypatch.undo()
     assert not trainer.model.training and not any("forward" in vars(m) for m in trainer.layers.values())

@@ -404,7 +404,8 @@ class _PackedJob:
         try:
             return self._run(t0)
         except precision.oom_types() as err:
-            raise precision.out_of_memory(f"the pack of clients {ids} in round {self.starts[0].round + 1}",
+            clients = ", ".join(str(c) for c in ids)
+            raise precision.out_of_memory(f"the pack of clients {clients} in round {self.starts[0].round + 1}",
                                           self.trainer.device) from err
 
     def _run(self, t0: float) -> list[ClientUpdate]:
