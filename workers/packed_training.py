@@ -30,11 +30,12 @@ or underflow to 0, mean pooling and the token loss weigh them by 0). Those ulp-l
 ``eps = 1.2e-7``) pass through a few optimizer steps; AdamW's ``m / sqrt(v)`` normalises a gradient entry, so a
 relative change of the gradient of ``1e-6`` moves the step by about ``lr * 1e-6``. The tests
 (``tests/test_packed_training.py``) check factors and heads to ``rtol = 1e-4, atol = 1e-5`` and the loss to
-``rel = 1e-5`` after a few steps at ``lr = 1e-2``; a row that saw another client's adapter or head would be
-off by the size of that adapter's contribution (orders of magnitude more). Under ``train.autocast`` the same holds at
-the autocast precision (bf16: ``eps = 7.8e-3``): the base's low-precision matmuls on other shapes round
-differently, and AdamW's sign-like first steps can turn that into differences up to ``lr`` on factor entries
-whose gradient is near zero; the update is another rounding of the same computation, not the same numbers.
+``rel = 1e-5`` after a few steps at ``lr = 1e-2`` (measured: at most ``3.6e-6`` apart over every method's pack);
+a row that saw another client's adapter or head would be off by the size of that adapter's contribution (orders
+of magnitude more). Under ``train.autocast`` the same holds at the autocast precision (bf16: ``eps = 7.8e-3``):
+the base's low-precision matmuls on other shapes round differently, and AdamW's sign-like first steps can turn
+that into differences up to ``lr`` on factor entries whose gradient is near zero; the update is another rounding
+of the same computation, not the same numbers.
 
 Dropout on. Randomness is drawn so that a result depends only on the pack, never on the worker count or the
 order in which packs run. ``train.lora_dropout`` masks of client ``c`` come from a generator seeded by
@@ -55,6 +56,11 @@ cannot hold two folds), a head that is not made of Linear layers, or a tokenizer
 (classification batches would then shift real tokens by the pack's padding). Clients with equal dense folds
 form a packed group each. :func:`plan_pack` gives the decision (:class:`PackPlan`), and the last one is in
 ``trainer.last_pack``.
+
+Per update, ``peak_memory_bytes`` is the peak of the packed pass the client was part of (CUDA; the memory its job
+needed, shared with its pack-mates), and ``compute_seconds`` the pass's wall time split in proportion to the
+examples each client processed (so the pack's clients sum to the pass). An out-of-memory error is the
+:class:`workers.precision.GpuMemoryError` of ``LocalTrainer.train``, naming the pack's clients.
 
 Afterwards the model is as ``LocalTrainer.train`` leaves it: eval mode, every parameter frozen, the PEFT layers'
 own forward, no named adapters, the weights holding ``W0`` plus the shared merged fold; any later job or
