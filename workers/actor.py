@@ -155,18 +155,18 @@ class ClientWorker:
 
         Each start is prepared as :meth:`train` prepares it (fault injection, fold key of the unresolved
         fold, its client's train split); the shared tensors of the whole pack are resolved together, so the
-        worker's cache keeps every object the pack names. The jobs run through :func:`train_clients`.
+        worker's cache keeps every object the pack names. The jobs run through
+        :func:`workers.packed_training.train_pack` (which names the pack's clients when it runs out of GPU memory).
         """
+        from workers.packed_training import train_pack
+
         for s in starts:
             check_injected_fault(s.client_id, s.round)
         keys = [self.shared.fold_key(s.fold) for s in starts]
         resolved: list[ClientStart] = self.shared.resolve(list(starts))
         examples = [self._client(s.client_id).train for s in resolved]
         try:
-            return train_clients(self.trainer, resolved, examples, keys)
-        except oom_types() as err:
-            raise out_of_memory(pack_label([s.client_id for s in starts], starts[0].round),
-                                self.trainer.device) from err
+            return train_pack(self.trainer, resolved, examples, keys)
         finally:
             release_freed_memory()
 
@@ -200,22 +200,6 @@ class ClientWorker:
         if not 0 <= client_id < self.data.num_clients:
             raise ValueError(f"client_id={client_id} is out of range: the run has {self.data.num_clients} clients")
         return self.data.clients[client_id]
-
-
-def train_clients(trainer: Any, starts: Sequence[ClientStart], examples: Sequence[Sequence[Any]],
-                  fold_keys: Sequence[str | None]) -> list[ClientUpdate]:
-    """Train a pack of client jobs on ``trainer``: ``workers.packed_training.train_pack``, updates in ``starts`` order.
-
-    Where that module is absent the jobs run one after another with ``trainer.train``, which gives each
-    client exactly the update it gets alone (the packed trainer's contract, up to float rounding).
-    """
-    try:
-        from workers.packed_training import train_pack
-    except ModuleNotFoundError as err:
-        if err.name != "workers.packed_training":
-            raise
-        return [trainer.train(s, ex, key) for s, ex, key in zip(starts, examples, fold_keys, strict=True)]
-    return train_pack(trainer, starts, examples, fold_keys)
 
 
 def pack_label(client_ids: Sequence[int], round_idx: int) -> str:
