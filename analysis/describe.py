@@ -14,13 +14,14 @@ import pandas as pd
 
 from analysis.load import NON_AXIS_COLUMNS, is_missing
 from analysis.values import column_order_key, row_order_key
+from workers.resources import PLACEMENT_KEYS
 
 SETUP_KEYS = ("model.name", "data.dataset", "data.path", "data.glue_task", "data.num_clients", "data.partition",
               "data.alpha", "data.classes_per_client", "data.group_column", "data.global_test_size",
               "data.max_examples", "data.max_length", "participation", "rounds", "eval_every", "method.name",
               "ranks.distribution", "ranks.max_rank", "ranks.mid_rank", "ranks.rank", "ranks.ranks", "train.optimizer",
               "train.lr", "train.local_steps", "train.batch_size")
-IGNORED_KEYS = ("fingerprint", "resources.", "checkpoint_every")
+IGNORED_KEYS = ("fingerprint", "checkpoint_every", *(f"resources.{k}" for k in PLACEMENT_KEYS))
 _RANK_FAMILIES = ("uniform", "heavy_tail_light", "heavy_tail_strong", "normal")
 _HETLORA = ("method.hetlora_gamma", "method.hetlora_lambda", "method.hetlora_prune", "method.hetlora_min_rank")
 # the key that decides -> {its value: the options that apply only with that value}

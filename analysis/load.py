@@ -58,7 +58,7 @@ BASELINE_KEYS = ("majority_class", "majority_rate", "minority_rate")
 TOP_LEVEL_KEYS = ("seed", "rounds", "participation", "eval_every", "eval_personal", "checkpoint_every")
 # Columns that must hold integers (nullable where a round has no evaluation).
 INT_COLUMNS = ("round", "clients", "bytes_down", "bytes_up", "eval_examples", "personal_clients",
-               "worker_restarts", "client", "rank", "n_examples", "steps", "restarts", "slot_i", "slot_j",
+               "worker_restarts", "client", "pack", "rank", "n_examples", "steps", "restarts", "slot_i", "slot_j",
                "n_train", "n_test", "rounds_completed")
 # Columns that must hold floats.
 FLOAT_COLUMNS = ("init_noise_fn", "init_noise_param", "agg_noise", "agg_noise_rankwise", "accuracy", "mcc",

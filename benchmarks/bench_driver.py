@@ -101,7 +101,7 @@ class OrchestratorRun(TimedRounds):
         super().__init__()
         self.label, self.cfg = label, cfg
         t0 = time.perf_counter()
-        self.exp = Experiment(cfg, out, cluster_resources={"CPU": 2.0})
+        self.exp = Experiment(cfg, out, cluster_resources={"CPU": 2.0}, prefetch=False)  # each step times its own round
         self.t_startup = time.perf_counter() - t0
         # pids of the driver actor and its worker actors (untimed), and their niceness (init_ray: 0)
         self.pids = ray.get(self.exp.driver.__ray_call__.remote(

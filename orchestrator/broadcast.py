@@ -10,7 +10,10 @@ evaluation jobs (one ``deltas`` dict for all shards) are covered without any met
 The values the workers see are the same tensors, so results are bitwise unchanged.
 
 :class:`BroadcastStats` counts the tensor bytes the jobs' arguments carry inline and the bytes put once,
-against the bytes that per-job serialisation would have copied.
+against the bytes that per-job serialisation would have copied. A tensor object that one job's arguments
+hold twice (two client starts of a packed job sharing FLoRA's ``dW``) is serialised once in that job (pickle
+keeps one copy of an object per call), so it counts once in ``inline``; ``per_job`` counts every occurrence,
+i.e. the bytes of one job per client.
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ _LOCAL_KEYS = itertools.count()
 
 @dataclass(frozen=True)
 class BroadcastStats:
-    """Tensor bytes of one batch of jobs: ``per_job`` without sharing, ``inline`` + ``shared`` with it."""
+    """Tensor bytes of one batch of jobs: ``per_job`` without sharing, ``inline`` + ``shared`` with it.
+
+    ``per_job`` counts each tensor once per place it appears (one job per client start); ``inline`` counts
+    each tensor object once per job that carries it inline.
+    """
 
     per_job: int
     inline: int
@@ -76,5 +83,6 @@ def share_tensors(jobs_args: Sequence[tuple], put: Callable[[Tensor], Any],
 
     out = [map_tensors(args, swap) if placeholders else args for args in jobs_args]
     shared = sum(p.nbytes for p in placeholders.values())
-    inline = sum(tensor_bytes(t) for args in out for t in iter_tensors(args) if isinstance(t, Tensor))
+    inline = sum(tensor_bytes(t) for args in out for t in {id(t): t for t in iter_tensors(args)}.values()
+                 if isinstance(t, Tensor))
     return out, BroadcastStats(per_job=per_job, inline=inline, shared=shared, objects=len(placeholders))

@@ -112,10 +112,17 @@ class RunConfig:
         """Hash of everything that changes the result (not the round budget, workers, eval cadence, trackers).
 
         ``plugins`` never counts: a method is known by its ``method.name``, wherever its file lives.
+        ``resources.clients_per_worker`` counts when it is not 1, also with ``resources`` excluded (packed
+        training changes results at float rounding); at 1 it is left out, so older runs keep their hash.
         """
         d = {k: v for k, v in self.to_dict().items() if k not in (*exclude, "plugins", "logging")}
         if not self.system.active:  # the section at its defaults changes nothing: older runs keep their hash
             d.pop("system", None)
+        packing = self.resources.clients_per_worker
+        if "resources" in d and packing == 1:
+            d["resources"].pop("clients_per_worker")
+        elif packing != 1:
+            d.setdefault("resources", {})["clients_per_worker"] = packing
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 

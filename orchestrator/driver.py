@@ -9,7 +9,8 @@ actor (:data:`DriverActor`).
 Round ``t`` (0-based): sample ``floor(participation * N)`` clients uniformly without replacement from the
 stream (seed, "sample", t); keep those the system model lets answer in time (``orchestrator.system_model``;
 all of them without a ``system`` section; with none kept the state stays as it was); build their
-ClientStarts; run them on free workers as workers free up;
+ClientStarts; run them on free workers as workers free up (with ``resources.clients_per_worker = k > 1``
+in fixed packs of ``k`` consecutive clients, one job per pack: :func:`client_jobs`);
 aggregate (updates in client-id order, so completion order never matters); step the server optimizer
 on the aggregate (noise is measured on the aggregate itself); measure noise and bytes;
 evaluate every ``eval_every`` rounds and after the last round. An evaluated round's record carries its
@@ -19,7 +20,10 @@ per-example rows under ``"examples"``; :meth:`Driver.evaluate_initial` evaluates
 
 from __future__ import annotations
 
+import importlib
+import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import ray
@@ -36,7 +40,8 @@ from orchestrator.preflight import similarity_module
 from orchestrator.ranks import assign_ranks
 from orchestrator.state import GlobalState
 from orchestrator.system_model import RoundPlan, SystemModel, job_work
-from workers.actor import make_worker
+from orchestrator.untrained_cache import nonzero_deltas, untrained_key
+from workers.actor import make_worker, pack_label
 from workers.eval_results import combine, example_rows, shard_ranges
 from workers.resources import resolve_resources, torch_threads
 
@@ -54,6 +59,7 @@ class Driver:
         self.worker_options = dict(worker_options or {})
         self.pool = WorkerPool(self._factory(cfg), self.resources.num_workers)
         self.reused: list[dict[str, bool]] | None = None  # per worker, after reset(): what it kept
+        preload("peft")  # the final export's LoraConfig, imported while the workers load the model
         self._start(cfg)
 
     def _factory(self, cfg: RunConfig):
@@ -144,12 +150,12 @@ class Driver:
         starts = [self.method.client_start(self.state, c, t) for c in clients]
         t_starts = time.perf_counter() - t_start
 
-        jobs = [Job("train", (s,), f"client {s.client_id} in round {t + 1}") for s in starts]
+        k = cfg.resources.clients_per_worker
         t0 = time.perf_counter()
-        results = self.pool.run(jobs)
+        results = self.pool.run(client_jobs(starts, k, t))
         t_train = time.perf_counter() - t0
         sent = self.pool.last_broadcast
-        updates: list[ClientUpdate] = [r.value for r in results]
+        updates, pack_of = unpack_updates([r.value for r in results], k, clients)
 
         t0 = time.perf_counter()
         agg = self.method.aggregate(self.state, starts, updates)
@@ -185,10 +191,11 @@ class Driver:
             t_round=time.perf_counter() - t_start,
             worker_restarts=sum(r.restarts for r in results) + eval_restarts)
         record["client_rows"] = [
-            {"round": t + 1, "client": u.client_id, "rank": s.rank, "n_examples": u.n_examples,
-             "train_loss": u.train_loss, "steps": u.steps, "compute_seconds": u.compute_seconds,
-             "weight": agg.weights[u.client_id], "restarts": r.restarts, "peak_gpu_bytes": u.peak_memory_bytes}
-            for s, u, r in zip(starts, updates, results)]
+            {"round": t + 1, "client": u.client_id, **({"pack": p} if k > 1 else {}), "rank": s.rank,
+             "n_examples": u.n_examples, "train_loss": u.train_loss, "steps": u.steps,
+             "compute_seconds": u.compute_seconds, "weight": agg.weights[u.client_id],
+             "restarts": results[p].restarts, "peak_gpu_bytes": u.peak_memory_bytes}
+            for s, u, p in zip(starts, updates, pack_of)]
         if self.cfg.system.active:
             self._add_system_columns(record, plan, state_before)
         if similarity is not None:
@@ -224,7 +231,8 @@ class Driver:
                       worker_restarts=0)
         return record
 
-    def evaluate(self, state: GlobalState | None = None, round_idx: int | None = None) -> dict[str, Any]:
+    def evaluate(self, state: GlobalState | None = None, round_idx: int | None = None,
+                 drop_zero: bool = False) -> dict[str, Any]:
         """Global model on the global test set; personalized models (if any) on their clients' test splits.
 
         ``state`` defaults to the current global state and ``round_idx`` (the ``round`` of the per-example
@@ -233,21 +241,21 @@ class Driver:
         then ``personal`` per client in client order). The global test set is split into one shard of whole
         batches per worker (``workers.eval_results``), so evaluation uses every worker and its metrics and
         rows are identical for any number of workers. ``worker_restarts``: jobs of this evaluation re-run
-        because their worker died (a training round adds them to its own count).
+        because their worker died (a training round adds them to its own count). ``drop_zero``: modules
+        whose delta is exactly zero are evaluated as ``W0`` (the same function, without a fold).
         """
         state = self.state if state is None else state
         round_idx = self.round if round_idx is None else round_idx
         deltas, head = self.method.global_delta(state), state.head()
+        personal = self._personal_deltas(state)
+        if drop_zero:
+            deltas = nonzero_deltas(deltas)
+            personal = [(c, nonzero_deltas(p)) for c, p in personal]
         shards = shard_ranges(int(self.data_info["global_test_size"]), self.cfg.train.eval_batch_size, len(self.pool))
         jobs = [Job("evaluate_shard", (deltas, head, None, a, b), f"evaluation of the global model (examples {a}-{b})")
                 for a, b in shards]
-        personal_ids: list[int] = []
-        if self.cfg.eval_personal:
-            for c in range(self.num_clients):
-                personal = self.method.personal_delta(state, c)
-                if personal is not None:
-                    personal_ids.append(c)
-                    jobs.append(Job("evaluate_shard", (personal, head, c), f"personalized evaluation of client {c}"))
+        jobs += [Job("evaluate_shard", (p, head, c), f"personalized evaluation of client {c}") for c, p in personal]
+        personal_ids = [c for c, _ in personal]
         done = self.pool.run(jobs)
         results = [r.value for r in done]
         shard_results, personal_results = results[: len(shards)], results[len(shards):]
@@ -270,9 +278,32 @@ class Driver:
         That is the method's initial global state (``init_global``: for every method ``W0`` plus initial
         adapters with ``B = 0``, i.e. the base model with the initial head), whatever round the driver is
         at (it is rebuilt from the seed). Returns the record ``{"round": 0, "method", metrics, "examples"}``.
+        The modules whose initial delta is exactly zero (``B = 0``: all of them for every built-in method) are
+        evaluated as ``W0`` itself, so the evaluation is the same computation for every method
+        (:mod:`orchestrator.untrained_cache`).
         """
-        state = self.state if self.round == 0 else self.method.init_global(self.initial_head)
-        return {"round": 0, "method": self.cfg.method.name, **self.evaluate(state, 0)}
+        return {"round": 0, "method": self.cfg.method.name, **self.evaluate(self._initial_state(), 0, drop_zero=True)}
+
+    def untrained_key(self) -> str | None:
+        """The key of the round-0 evaluation in :class:`orchestrator.untrained_cache.UntrainedCache`.
+
+        ``None`` when some initial delta is not exactly zero (the untrained model then depends on the method).
+        """
+        state = self._initial_state()
+        personal = self._personal_deltas(state)
+        if nonzero_deltas(self.method.global_delta(state)) or any(nonzero_deltas(p) for _, p in personal):
+            return None
+        return untrained_key(self.cfg, state.head(), [c for c, _ in personal])
+
+    def _initial_state(self) -> GlobalState:
+        return self.state if self.round == 0 else self.method.init_global(self.initial_head)
+
+    def _personal_deltas(self, state: GlobalState) -> list[tuple[int, dict]]:
+        """``(client, deltas)`` of every personalized model to evaluate (none unless ``eval_personal``)."""
+        if not self.cfg.eval_personal:
+            return []
+        found = ((c, self.method.personal_delta(state, c)) for c in range(self.num_clients))
+        return [(c, p) for c, p in found if p is not None]
 
     # -------------------------------------------------------------------------------------------- metrics
     def _similarity_module(self) -> str | None:
@@ -300,6 +331,49 @@ class Driver:
 
 
 DriverActor = ray.remote(num_cpus=0)(Driver)
+
+
+def preload(module: str) -> None:
+    """Import ``module`` in a daemon thread, so a later import finds it loaded instead of waiting for it.
+
+    A failure is left to the later import, which raises it where it matters.
+    """
+    def load() -> None:
+        try:
+            importlib.import_module(module)
+        except Exception:  # the real import reports it
+            pass
+
+    threading.Thread(target=load, name=f"preload-{module}", daemon=True).start()
+
+
+def client_jobs(starts: Sequence[ClientStart], k: int, round_idx: int) -> list[Job]:
+    """The pool jobs of round ``round_idx`` (0-based): its client starts, in client-id order, in packs of ``k``.
+
+    ``k = 1``: one ``train`` job per client. ``k > 1``: pack ``p`` is the ``train_pack`` job of
+    ``starts[p*k : (p+1)*k]`` (the last pack holds what is left), so which clients train together depends
+    on the round's clients and ``k`` only, never on the number of workers or which worker is free first.
+    A worker that dies re-runs its whole job (:class:`orchestrator.pool.WorkerPool`), a pack included.
+    """
+    if k == 1:
+        return [Job("train", (s,), f"client {s.client_id} in round {round_idx + 1}") for s in starts]
+    packs = [tuple(starts[i: i + k]) for i in range(0, len(starts), k)]
+    return [Job("train_pack", (pack,), f"{pack_label([s.client_id for s in pack], round_idx)} (pack {p})")
+            for p, pack in enumerate(packs)]
+
+
+def unpack_updates(values: Sequence[Any], k: int, clients: Sequence[int]) -> tuple[list[ClientUpdate], list[int]]:
+    """The updates of :func:`client_jobs`' results, one per client in ``clients`` order, and each one's job index.
+
+    ``values``: the jobs' return values (a ``ClientUpdate`` per ``train`` job, a list per ``train_pack`` job).
+    Raises when the updates are not those of ``clients`` in that order.
+    """
+    packs = [list(v) for v in values] if k > 1 else [[v] for v in values]
+    updates = [u for pack in packs for u in pack]
+    got = [u.client_id for u in updates]
+    if got != list(clients):
+        raise RuntimeError(f"the client jobs returned updates of clients {got}; expected {list(clients)}")
+    return updates, [p for p, pack in enumerate(packs) for _ in pack]
 
 
 def startup_message(err: BaseException) -> str:

@@ -229,14 +229,17 @@ def baselines(label_counts: list[int] | None, round0: dict[str, Any]) -> dict[st
 
 
 def package_versions() -> dict[str, str]:
-    """Versions of the packages that decide a result."""
-    import peft
-    import ray
-    import torch
-    import transformers
+    """Versions of the packages that decide a result, from their installed metadata (nothing is imported)."""
+    from importlib.metadata import PackageNotFoundError, version
 
-    return {"python": platform.python_version(), "torch": torch.__version__, "ray": ray.__version__,
-            "transformers": transformers.__version__, "peft": peft.__version__, "pandas": pd.__version__}
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "not installed"
+
+    return {"python": platform.python_version(), **{name: installed(name) for name in
+                                                     ("torch", "ray", "transformers", "peft", "pandas")}}
 
 
 def _json_value(v: Any) -> Any:

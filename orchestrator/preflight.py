@@ -14,7 +14,9 @@ that would otherwise fail only after Ray has started the workers and they have l
 :func:`check_output_folder` checks ``--out`` (not a file, writable, disk not full). :func:`check_run`
 returns warnings for input that is legal but suspicious (:func:`workers.data_check.data_warnings`, and a
 ``ranks.max_rank`` above a target layer's width ``min(d, k)``, where a rank-``r`` adapter cannot have rank
-``r``). :class:`PreflightCache` shares the work among the trials of a sweep (one data check per data config
+``r``, and fewer packs of ``resources.clients_per_worker`` clients per round than workers:
+:func:`packing_warnings`).
+:class:`PreflightCache` shares the work among the trials of a sweep (one data check per data config
 and seed, one model check per model config and task).
 """
 
@@ -89,7 +91,7 @@ def check_run(cfg: RunConfig, cluster: dict[str, float] | None = None,
         build_method(cfg.method, specs, ranks, cfg.ranks.max_rank, cfg.seed)
         similarity_module(cfg.metrics.similarity_module, [s.name for s in specs])
         out += rank_width_warnings(cfg.ranks.max_rank, specs)
-    return out
+    return out + packing_warnings(cfg)
 
 
 def probe_method(cfg: RunConfig, ranks: dict[int, int] | None = None) -> None:
@@ -113,6 +115,20 @@ def similarity_module(name: str | None, modules: list[str]) -> str | None:
         raise ValueError(f"metrics.similarity_module={name!r} is not a target module; choose one of "
                          f"{modules[:6]}{'...' if len(modules) > 6 else ''} (or null to turn it off)")
     return matches[0]
+
+
+def packing_warnings(cfg: RunConfig) -> list[str]:
+    """A warning when packs of ``resources.clients_per_worker`` leave workers without a training job.
+
+    A round of ``m`` clients (``clients_per_round``) runs ``ceil(m / k)`` packs; with fewer packs than
+    ``resources.num_workers`` the other workers wait during training (evaluation still uses all of them).
+    """
+    k, m, workers = cfg.resources.clients_per_worker, cfg.clients_per_round, cfg.resources.num_workers
+    packs = -(-m // k)
+    if k == 1 or packs >= workers:
+        return []
+    return [f"resources.clients_per_worker={k} cuts a round's {m} clients into {packs} pack(s), fewer than "
+            f"resources.num_workers={workers}: {workers - packs} worker(s) wait while the round trains"]
 
 
 def rank_width_warnings(max_rank: int, specs: list[ModuleSpec]) -> list[str]:

@@ -67,6 +67,7 @@ from orchestrator.preflight import (
 from orchestrator.progress import Progress
 from orchestrator.signals import exit_process
 from orchestrator.trackers import TRACKERS, RunTrackers, check_installed
+from orchestrator.untrained_cache import UntrainedCache
 
 CHECKPOINT_DIR = "checkpoint"
 EXAMPLES_DIR = "examples"
@@ -135,16 +136,26 @@ class Experiment:
     """Drives one run: a Driver actor (with its worker pool), the output files and the checkpoints.
 
     ``driver``: a Driver actor kept from a finished run (:meth:`detach`) to run this one on the same workers
-    (:meth:`orchestrator.driver.Driver.reset`); ``None`` starts a new one.
+    (:meth:`orchestrator.driver.Driver.reset`); ``None`` starts a new one. ``untrained_cache``: a folder of
+    round-0 evaluations shared by several runs (a sweep's ``cache/untrained``,
+    :mod:`orchestrator.untrained_cache`): the untrained model is evaluated once per model, data and seed there.
+    ``prefetch``: :meth:`step` starts the next round on the driver as soon as it has the current one's record
+    (and, when a checkpoint is due, asked for its state first), so the files, the checkpoint and whatever the
+    caller does between steps (a Tune report) overlap the next round instead of delaying it.
     """
 
     def __init__(self, cfg: RunConfig, out: Path, resume: bool = False,
                  cluster_resources: dict[str, float] | None = None, worker_options: dict | None = None,
                  driver_options: dict | None = None, input_warnings: list[str] | None = None,
-                 driver: Any = None):
+                 driver: Any = None, untrained_cache: Path | None = None, prefetch: bool = True):
         from orchestrator.driver import DriverActor
 
         self.cfg, self.out = cfg, out
+        self.untrained_cache = untrained_cache
+        self.prefetch = prefetch
+        self._pending: tuple[Any, float] | None = None  # the next round's ObjectRef and when it was started
+        self._last_step_end: float | None = None
+        self.untrained_cached = False  # whether round 0 came from the untrained cache
         self.input_warnings = list(input_warnings or [])  # pre-flight warnings, kept in summary.json
         self.fingerprint = cfg.fingerprint()
         records: list[dict[str, Any]] = []
@@ -202,8 +213,22 @@ class Experiment:
         return list(self.description["data"].get("notes", []))
 
     def _evaluate_initial(self) -> dict[str, Any]:
-        """Evaluate the untrained model (round 0) and keep its rows and record (written before round 1's)."""
-        record = remote.get(self.driver.evaluate_initial.remote())
+        """Evaluate the untrained model (round 0) and keep its rows and record (written before round 1's).
+
+        With an ``untrained_cache`` and an untrained model that is the same for every method, the record comes
+        from the cache (computed by the first run of this model, data and seed); ``method`` is this run's.
+        """
+        def evaluate() -> dict[str, Any]:
+            return remote.get(self.driver.evaluate_initial.remote())
+
+        key = remote.get(self.driver.untrained_key.remote()) if self.untrained_cache is not None else None
+        if key is None:
+            record = evaluate()
+        else:
+            cached, self.untrained_cached = UntrainedCache(self.untrained_cache).get_or_compute(key, evaluate)
+            record = {**cached, "method": self.cfg.method.name, "examples": dict(cached["examples"])}
+            if self.untrained_cached:
+                record["worker_restarts"] = 0  # this run evaluated nothing
         self.examples.write(0, record.pop("examples"))
         write_records(self.out / CHECKPOINT_DIR, [record] + self.records)
         return record
@@ -214,23 +239,30 @@ class Experiment:
         The round's per-example rows (an evaluated round's ``examples``) go to their own file first, and are
         not part of the returned record.
         """
-        t0 = time.perf_counter()
-        record = remote.get(self.driver.run_round.remote())
+        ref, started = self._pending or (self.driver.run_round.remote(), time.perf_counter())
+        self._pending = None
+        record = remote.get(ref)
+        due = self.cfg.checkpoint_due(record["round"])
+        state = self.driver.get_state.remote() if due else None  # the driver's calls run in order: before the next
+        if self.prefetch and record["round"] < self.cfg.rounds:
+            self._pending = (self.driver.run_round.remote(), time.perf_counter())
         examples = record.pop("examples", None)
         if examples is not None:
             self.examples.write(record["round"], examples)
         self.records.append(record)
         append_record(self.out / CHECKPOINT_DIR, record)
         self.files.append(self.all_records)
-        if self.cfg.checkpoint_due(record["round"]):
-            self.checkpoint()
+        if state is not None:
+            self.checkpoint(state)
         self.session_rounds += 1
-        self.session_round_seconds += time.perf_counter() - t0
+        end = time.perf_counter()  # each second counted once, also when the round ran before this call
+        self.session_round_seconds += end - max(started, self._last_step_end or started)
+        self._last_step_end = end
         return record
 
-    def checkpoint(self) -> None:
-        """Save the driver's state after the completed rounds (atomic)."""
-        state, completed = remote.get(self.driver.get_state.remote())
+    def checkpoint(self, state: Any = None) -> None:
+        """Save the driver's state after the completed rounds (atomic); ``state``: a ``get_state`` ObjectRef."""
+        state, completed = remote.get(self.driver.get_state.remote() if state is None else state)
         save_checkpoint(self.out / CHECKPOINT_DIR, state, {"round": completed, "fingerprint": self.fingerprint})
 
     def finish(self) -> dict[str, Any]:

@@ -49,6 +49,7 @@ from sweeps.spec import (
     with_plugins,
 )
 from sweeps.trials import TrialSpec, expand, sweep_fingerprint
+from workers.resources import PLACEMENT_KEYS
 
 SWEEP_FILE = "sweep.yaml"
 
@@ -112,7 +113,7 @@ def describe_difference(record: dict[str, Any], trials: list[TrialSpec]) -> str:
         old = {t.trial_id: t for t in expand(old_spec, record.get("overrides") or {})}
         for t in trials:
             diff = config_diff(old[t.trial_id].config.to_dict(), t.config.to_dict())
-            diff = [d for d in diff if not d.startswith("resources.")]
+            diff = [d for d in diff if d.split(":")[0] not in {f"resources.{k}" for k in PLACEMENT_KEYS}]
             if diff:
                 return f"trial {t.trial_id} changed: {', '.join(diff[:4])}"
     except (SweepSpecError, KeyError, ValueError):

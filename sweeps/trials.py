@@ -121,7 +121,10 @@ def trial_id(index: int, label: str, setting: str, point: dict[str, Any], seed: 
 
 
 def sweep_fingerprint(trials: list[TrialSpec]) -> str:
-    """Hash of every trial's id and full config except ``resources`` (the same sweep on another cluster)."""
+    """Hash of every trial's id and full config except ``resources`` (the same sweep on another cluster).
+
+    ``resources.clients_per_worker`` other than 1 counts (:meth:`orchestrator.config.RunConfig.fingerprint`).
+    """
     items = [(t.trial_id, t.label, t.setting, json.dumps(t.axes, sort_keys=True, default=str),
               t.config.fingerprint(exclude=("resources",))) for t in trials]
     return hashlib.sha256(json.dumps(items).encode()).hexdigest()[:16]

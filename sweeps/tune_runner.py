@@ -28,6 +28,10 @@ the ClientWorker actors and their loaded models, in :data:`_WARM`, and the next 
 (:meth:`orchestrator.driver.Driver.reset`; a worker reloads only what the new config changes), so the
 second and later trials of a trainable skip Ray actor start-up, the imports and the model load. Results
 are bitwise those of fresh actors. A failed trial, or one run with ``warm=False``, keeps nothing.
+
+The untrained model (round 0) is the same for every method of one model, data setting and seed; it is
+evaluated by the first trial of each and kept in ``SWEEP_DIR/cache/untrained/`` for the others
+(:mod:`orchestrator.untrained_cache`; ``trial.json``'s ``untrained_cached`` says which trials reused it).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from sweeps.trials import TrialSpec
 from workers.resources import resolve_resources
 
 TRIALS_DIR = "trials"
+UNTRAINED_CACHE_DIR = "cache/untrained"  # round-0 evaluations shared by the trials (orchestrator.untrained_cache)
 TUNE_DIR = "tune"
 TRIAL_STATE = "trial.json"
 PLACEMENT_FILE = "placement.json"
@@ -237,7 +242,8 @@ def run_trial(config: dict[str, Any], sweep_dir: str, plan: dict[str, dict[str, 
     kept = _kept_driver(entry["bundles"]) if warm else None
     try:
         tune_round = _tune_checkpoint_round()
-        options = dict(resume=True, cluster_resources=entry["cluster_resources"], input_warnings=entry.get("warnings"))
+        options = dict(resume=True, cluster_resources=entry["cluster_resources"], input_warnings=entry.get("warnings"),
+                       untrained_cache=Path(sweep_dir) / UNTRAINED_CACHE_DIR)
         try:
             exp = Experiment(cfg, out, driver=kept, **options)
         except Exception:
@@ -248,6 +254,7 @@ def run_trial(config: dict[str, Any], sweep_dir: str, plan: dict[str, dict[str, 
             exp = Experiment(cfg, out, **options)
         state["setup_seconds"] = time.perf_counter() - t0
         state["warm_start"] = kept is not None
+        state["untrained_cached"] = exp.untrained_cached
         state["data_notes"] = exp.data_notes  # printed once on the sweep's console by SweepProgress
         if tune_round is not None and tune_round > exp.completed:
             raise RuntimeError(f"Tune's checkpoint says round {tune_round} but {out} holds {exp.completed} "

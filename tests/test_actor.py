@@ -68,6 +68,9 @@ def test_asking_more_cpu_than_exists_fails():
     (dict(gpus_per_worker=1.5), r"resources\.gpus_per_worker=1\.5"),
     (dict(gpus_per_worker=0), r"resources\.gpus_per_worker=0"),
     (dict(cpus_per_worker=0), r"resources\.cpus_per_worker=0"),
+    (dict(clients_per_worker=0), r"resources\.clients_per_worker=0 must be an integer >= 1"),
+    (dict(clients_per_worker=1.5), r"resources\.clients_per_worker=1\.5 must be an integer >= 1"),
+    (dict(clients_per_worker=True), r"resources\.clients_per_worker=True must be an integer >= 1"),
 ])
 def test_resource_config_rejects_bad_values(kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -161,6 +164,66 @@ def test_worker_trains_and_evaluates_global_and_client_splits(local_worker):
     assert on_global["n_examples"] == 12 and on_client["n_examples"] == 2
     with pytest.raises(ValueError, match="client_id=3 is out of range: the run has 3 clients"):
         local_worker.train(main_start(local_worker, 3, seed=3))
+
+
+def assert_same_update(a, b, **tolerance):
+    """Equal updates: bitwise without ``tolerance``, else adapters, head and loss within it (counts exactly)."""
+    assert (a.client_id, a.round, a.n_examples, a.steps) == (b.client_id, b.round, b.n_examples, b.steps)
+    pairs = [(x, y) for name in a.adapters for m in a.adapters[name]
+             for x, y in zip(a.adapters[name][m], b.adapters[name][m])] + [(a.head[k], b.head[k]) for k in a.head]
+    for x, y in pairs:
+        if tolerance:
+            torch.testing.assert_close(x, y, **tolerance)
+        else:
+            assert torch.equal(x, y)
+    assert a.train_loss == b.train_loss if not tolerance else a.train_loss == pytest.approx(b.train_loss, rel=1e-4)
+
+
+def test_train_pack_gives_each_client_its_own_data_fold_and_fault(local_worker, monkeypatch):
+    """A pack of two clients of one round: each update is the one the client gets alone (its examples, fold and
+    seed), a pack of one is ``train`` bitwise, the pack's shared tensors are fetched once for the whole pack,
+    and an injected fault names its client."""
+    from dataclasses import replace
+
+    from core.wire import DenseDelta
+    from orchestrator.broadcast import share_tensors
+    from workers.faults import ENV, InjectedFault
+    from workers.shared_args import SharedArgs
+
+    # Prepare: clients 0 and 2 with different ranks and folds (a dense dW, a low-rank branch), one shared head
+    spec = local_worker.module_specs()[0]
+    g = torch.Generator().manual_seed(1)
+    dW = torch.randn(spec.d_out, spec.k_in, generator=g) * 0.05
+    low = LowRankDelta(torch.randn(spec.d_out, 2, generator=g) * 0.1, torch.randn(2, spec.k_in, generator=g), 0.5)
+    head = local_worker.initial_head()
+    s0 = replace(main_start(local_worker, 0, seed=4), fold={spec.name: DenseDelta(dW)}, head=head)
+    s2 = replace(main_start(local_worker, 2, seed=5, rank=1), fold={spec.name: low}, head=head)
+    alone = [local_worker.train(s) for s in (s0, s2)]
+    # Execute / Assert
+    assert_same_update(local_worker.train_pack([s0])[0], alone[0])
+    packed = local_worker.train_pack([s0, s2])
+    assert [u.client_id for u in packed] == [0, 2]
+    for p, a in zip(packed, alone):  # float32 rounding of the packed arithmetic; another client's data is far off
+        assert_same_update(p, a, rtol=1e-3, atol=1e-5)
+    store: dict[str, torch.Tensor] = {}
+
+    def put(t):
+        key = f"h{len(store)}"
+        store[key] = t
+        return key
+
+    s1 = replace(main_start(local_worker, 1, seed=6), fold={spec.name: DenseDelta(dW)}, head=head)
+    (pack, _), _ = share_tensors([((s0, s2),), ((s1,),)], put, min_bytes=0)  # the head and dW are in both jobs
+    local_worker.shared = SharedArgs(store.__getitem__)
+    try:
+        for p, a in zip(local_worker.train_pack(pack[0]), packed):
+            assert_same_update(p, a)
+        assert local_worker.shared.fetches == len(store) == 2
+    finally:
+        local_worker.shared = SharedArgs()
+    monkeypatch.setenv(ENV, "2:1")
+    with pytest.raises(InjectedFault, match="client 2 fails in round 1"):
+        local_worker.train_pack([s0, s2])
 
 
 # ---------------------------------------------------------------- Ray

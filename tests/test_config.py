@@ -74,6 +74,31 @@ def test_resume_with_a_different_config_is_refused(tmp_path):
         prepare_out_dir(tmp_path / "nothing", None, resume=True, overwrite=False)
 
 
+# RunConfig().fingerprint() as computed before resources.clients_per_worker existed: run folders written then
+# must stay resumable (exclude=(): the whole config, resources included; the sweep hash excludes resources)
+DEFAULT_FINGERPRINTS = {None: "4f6b77954a3aa643", (): "9f5b287f84ee199c", ("resources",): "1bb38f463384d578"}
+
+
+def test_clients_per_worker_enters_the_fingerprint_only_when_not_1(tmp_path):
+    for exclude, fingerprint in DEFAULT_FINGERPRINTS.items():
+        for cfg in (RunConfig(), load_config(None, ["resources.clients_per_worker=1"])):
+            assert (cfg.fingerprint() if exclude is None else cfg.fingerprint(exclude)) == fingerprint
+    packed = load_config(None, ["resources.clients_per_worker=2"])
+    assert packed.resources.clients_per_worker == 2
+    for exclude in ((), ("resources",), ("rounds", "resources", "eval_every", "checkpoint_every")):
+        assert packed.fingerprint(exclude) not in DEFAULT_FINGERPRINTS.values()
+        assert packed.fingerprint(exclude) != load_config(None, ["resources.clients_per_worker=3"]).fingerprint(exclude)
+    placed = load_config(None, ["resources.clients_per_worker=2", "resources.num_workers=7"])
+    assert placed.fingerprint() == packed.fingerprint()  # the pool's size still never counts
+    from orchestrator.outputs import write_config
+
+    out = tmp_path / "run"
+    write_config(out, packed.to_dict(), packed.fingerprint())
+    with pytest.raises(RunSetupError, match=r"changed: resources.clients_per_worker: 2 -> 1"):
+        prepare_out_dir(out, RunConfig(), resume=True, overwrite=False)
+
+
 def test_every_key_is_listed():
     keys = all_keys()
     assert "method.name" in keys and "train.lr" in keys and "resources.gpus_per_worker" in keys
+    assert "resources.clients_per_worker" in keys

@@ -13,8 +13,8 @@ from safetensors.torch import load_file
 
 from orchestrator.checkpoint import state_file
 from orchestrator.config import load_config
-from orchestrator.driver import Driver, WorkerStartupError
-from orchestrator.pool import ClientJobError
+from orchestrator.driver import Driver, WorkerStartupError, client_jobs
+from orchestrator.pool import ClientJobError, WorkerPool
 from orchestrator.run import main, run
 
 pytestmark = pytest.mark.slow
@@ -122,11 +122,80 @@ def test_personal_examples_are_each_clients_own_test_split():
         driver.shutdown()
 
 
+def test_untrained_evaluation_is_one_computation_for_every_method():
+    """Round 0 with the zero deltas dropped equals the full evaluation of the initial state, and is the same
+    record (metrics and rows) with the same cache key for every method: what a sweep's untrained cache shares."""
+    driver = Driver(smoke(rounds=1))
+    try:
+        first, key = None, driver.untrained_key()
+        for name in ("fedplora", "flora", "pfedlora", "ffa_lora"):
+            if name != "fedplora":
+                driver.reset(smoke(f"method.name={name}", rounds=1))
+            assert driver.untrained_key() == key is not None
+            initial = driver.evaluate_initial()
+            full = driver.evaluate(driver.method.init_global(driver.initial_head), 0)  # every delta folded
+            for k in ("rouge_l", "eval_loss", "eval_examples"):
+                assert initial[k] == full[k], (name, k)
+            assert initial["examples"] == full["examples"]
+            initial.pop("method")
+            first = first or initial
+            assert initial == first, name
+        driver.reset(smoke("seed=1", rounds=1))
+        assert driver.untrained_key() not in (key, None)
+    finally:
+        driver.shutdown()
+
+
 @pytest.mark.parametrize("workers", [1, 4])
 def test_same_result_for_1_2_4_workers(reference, tmp_path, workers):
     out = tmp_path / f"w{workers}"
     run_quiet(smoke(f"resources.num_workers={workers}"), out)
     assert_same_run(reference[0], out)
+
+
+def comparable(record):
+    """A round record without its timings (``t_*``, compute seconds), as JSON text (NaN equals NaN)."""
+    out = {k: v for k, v in record.items() if not k.startswith("t_")}
+    out["client_rows"] = [{k: v for k, v in row.items() if k != "compute_seconds"} for row in record["client_rows"]]
+    return json.dumps(out, sort_keys=True)
+
+
+def test_packs_of_sorted_clients_give_the_same_rounds_on_1_and_2_workers_and_k_1_is_unchanged(reference):
+    # Prepare: rounds 1-2 of the smoke run (3 clients a round) without evaluation, in packs of 2 and 1, on two
+    # workers; then the same run started over on one of them (a pool of one worker), then with k = 1 there
+    packed_cfg = smoke("resources.clients_per_worker=2", "eval_every=3")
+    driver = Driver(packed_cfg)
+    records, states = {}, {}
+    try:
+        records[2] = [driver.run_round() for _ in range(2)]
+        states[2] = driver.get_state()[0].tensors
+        first, second = driver.pool.workers
+        ray.kill(second)
+        driver.pool = WorkerPool(lambda _: first, 1)
+        driver.reset(packed_cfg)
+        records[1] = [driver.run_round() for _ in range(2)]
+        states[1] = driver.get_state()[0].tensors
+        driver.reset(smoke("eval_every=3"))
+        plain = [driver.run_round() for _ in range(2)]
+    finally:
+        driver.shutdown()
+    # Assert: packed rounds are bitwise the same for 1 and 2 workers
+    assert states[1].keys() == states[2].keys()
+    for key, value in states[1].items():
+        assert torch.equal(value, states[2][key]), key
+    assert [comparable(r) for r in records[1]] == [comparable(r) for r in records[2]]
+    for packed, unpacked in zip(records[2], plain):
+        rows = packed["client_rows"]
+        assert [r["client"] for r in rows] == sorted(r["client"] for r in rows) == [r["client"] for r in
+                                                                                   unpacked["client_rows"]]
+        assert [r["pack"] for r in rows] == [0, 0, 1] and "pack" not in unpacked["client_rows"][0]
+        for key in ("bytes_down", "bytes_up", "bytes_serialized_per_job"):  # what crosses per client is unchanged
+            assert packed[key] == unpacked[key], key
+    # k = 1 after packed rounds: exactly the reference run's training rounds
+    ref = pd.read_csv(reference[0] / "rounds.csv").set_index("round")
+    for record in plain:
+        for key in ("train_loss", "agg_noise", "init_noise_fn", "mean_rank", "bytes_down", "bytes_up"):
+            assert record[key] == ref.loc[record["round"], key], key
 
 
 def test_killed_worker_is_replaced_and_result_unchanged():
@@ -198,6 +267,9 @@ def test_client_job_failure_names_the_client(tmp_path):
 
     with pytest.raises(ClientJobError, match=r"client 99 in round 1 failed: ValueError: client_id=99 is out of range"):
         driver.pool.run([Job("train", (bad,), "client 99 in round 1")])
+    with pytest.raises(ClientJobError, match=r"clients 0, 99 in round 1 \(pack 0\) failed: ValueError: client_id=99 is "
+                                             "out of range"):
+        driver.pool.run(client_jobs([start, bad], 2, 0))
     driver.shutdown()
 
 

@@ -143,20 +143,38 @@ def test_client_failure_in_a_tune_trial_reaches_trial_json_trials_parquet_and_co
     assert expected in console and "RaySystemError" not in console and "deserializ" not in console.lower()
 
 
-@pytest.mark.slow
-def test_worker_restarts_during_evaluation_are_counted(faulty_ray):
-    import ray
-
+@pytest.fixture(scope="module")
+def faulty_driver(faulty_ray):
+    """A Driver on ``faulty_ray`` with 2 workers whose rounds train packs of 2 clients."""
     from orchestrator.config import load_config
     from orchestrator.driver import Driver
 
-    driver = Driver(load_config(SMOKE, ["rounds=2", "resources.num_workers=2"]))
-    try:
-        clean = driver.evaluate()
-        assert clean["worker_restarts"] == 0
-        ray.kill(driver.pool.workers[0], no_restart=True)  # dead before the evaluation's first job reaches it
-        again = driver.evaluate()
-        assert again["worker_restarts"] == 1 and driver.pool.replaced == 1
-        assert again["rouge_l"] == clean["rouge_l"] and again["eval_loss"] == clean["eval_loss"]
-    finally:
-        driver.shutdown()
+    driver = Driver(load_config(SMOKE, ["rounds=2", "resources.num_workers=2", "resources.clients_per_worker=2"]))
+    yield driver
+    driver.shutdown()
+
+
+@pytest.mark.slow
+def test_client_failure_inside_a_pack_names_the_pack_the_client_and_round(faulty_ray, faulty_driver):
+    from orchestrator.pool import ClientJobError
+
+    pack = faulty_driver.sample_clients(0)[:2]  # the failing client is the first of round 1: pack 0
+    with pytest.raises(ClientJobError) as info:
+        faulty_driver.run_round()
+    assert str(info.value).startswith(f"clients {pack[0]}, {pack[1]} in round 1 (pack 0) failed: InjectedFault: "
+                                      "injected fault")
+    assert str(info.value).endswith(f"client {faulty_ray} fails in round 1") and faulty_driver.round == 0
+
+
+@pytest.mark.slow
+def test_worker_restarts_during_evaluation_are_counted(faulty_driver):
+    import ray
+
+    driver = faulty_driver
+    clean = driver.evaluate()
+    assert clean["worker_restarts"] == 0
+    replaced = driver.pool.replaced
+    ray.kill(driver.pool.workers[0], no_restart=True)  # dead before the evaluation's first job reaches it
+    again = driver.evaluate()
+    assert again["worker_restarts"] == 1 and driver.pool.replaced == replaced + 1
+    assert again["rouge_l"] == clean["rouge_l"] and again["eval_loss"] == clean["eval_loss"]

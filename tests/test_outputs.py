@@ -138,3 +138,17 @@ def test_summary_best_ignores_round_0_and_reports_the_baselines(monkeypatch):
     assert outputs.baselines([5, 5], {})["majority_class"] == 0  # a tie goes to the smaller class id
     assert outputs.baselines(None, {"rouge_l": 0.1}) == {"majority_class": None, "majority_rate": None,
                                                          "minority_rate": None, "untrained": {"rouge_l": 0.1}}
+
+
+def test_package_versions_are_the_imported_ones():
+    import peft
+    import ray
+    import torch
+    import transformers
+
+    from orchestrator.outputs import package_versions
+
+    versions = package_versions()
+    assert versions["torch"] == torch.__version__ and versions["ray"] == ray.__version__
+    assert versions["transformers"] == transformers.__version__ and versions["peft"] == peft.__version__
+    assert versions["pandas"] == pd.__version__

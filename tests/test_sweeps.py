@@ -193,13 +193,38 @@ def test_a_pool_that_can_never_fit_fails_before_the_sweep():
     assert entry["config"]["resources"]["gpus_per_worker"] == pytest.approx(1 / 3)
 
 
+def test_clients_per_worker_is_an_axis_that_keeps_the_trials_resources(tmp_path):
+    from analysis.describe import IGNORED_KEYS
+
+    trials = expand(parse_spec(tiny_spec(grid={"resources.clients_per_worker": [1, 2]})))
+    assert [t.trial_id for t in trials] == ["000-fedplora-clients-per-worker=1-s0",
+                                            "001-fedplora-clients-per-worker=2-s0"]
+    assert [t.config.resources.clients_per_worker for t in trials] == [1, 2]
+    plan = plan_resources(trials, {"CPU": 4.0})  # packs run inside a worker: the same bundles
+    assert plan[trials[0].trial_id]["bundles"] == plan[trials[1].trial_id]["bundles"] == [{}, {"CPU": 1.0},
+                                                                                          {"CPU": 1.0}]
+    assert plan[trials[1].trial_id]["config"]["resources"]["clients_per_worker"] == 2
+    assert "resources.clients_per_worker".startswith(IGNORED_KEYS) is False  # the report splits trials by it
+    assert "resources.num_workers".startswith(IGNORED_KEYS)
+    # a stored sweep resumed with another k is a different sweep; with another pool size it is the same
+    spec = parse_spec(tiny_spec(variants=[FEDPLORA]))
+    out = tmp_path / "sweep"
+    out.mkdir()
+    (out / "sweep.yaml").write_text(yaml.safe_dump(sweep_record(spec, {}, expand(spec))))
+    assert check_out_dir(out, expand(spec, {"resources.num_workers": 1}), resume=True)
+    with pytest.raises(SweepSetupError, match=r"changed: resources.clients_per_worker: 1 -> 2"):
+        check_out_dir(out, expand(spec, {"resources.clients_per_worker": 2}), resume=True)
+
+
 # ------------------------------------------------------------------------------------------ Ray sweeps
+# FedIT's trials train their round's clients in one pack (resources.clients_per_worker)
+FEDIT_HALF_PACKED = {**FEDIT_HALF, "set": {**FEDIT_HALF["set"], "resources.clients_per_worker": 2}}
 RAY_SPEC = {
     "name": "ray_tiny",
     "base": {**TINY_BASE, "resources": {"device": "auto", "num_workers": 2, "gpus_per_worker": 0.25,
                                         "cpus_per_worker": 0.5}},
     "axes": {
-        "variants": [FEDPLORA, FEDIT_HALF,
+        "variants": [FEDPLORA, FEDIT_HALF_PACKED,
                      # passes validation, fails at worker start-up: 40 clients x 8 examples > 200 examples
                      {"label": "Broken", "set": {"method.name": "fedplora", "data.num_clients": 40,
                                                  "resources.device": "cpu", "resources.num_workers": 1}}],
@@ -209,7 +234,8 @@ RAY_SPEC = {
     },
 }
 # The killed/resumed sweep: the reference's two good trials (same ids, same configs).
-KILL_SPEC = {**RAY_SPEC, "name": "ray_tiny_kill", "axes": {**RAY_SPEC["axes"], "variants": [FEDPLORA, FEDIT_HALF]}}
+KILL_SPEC = {**RAY_SPEC, "name": "ray_tiny_kill", "axes": {**RAY_SPEC["axes"], "variants": [FEDPLORA,
+                                                                                            FEDIT_HALF_PACKED]}}
 COMPARED = ["trial_id", "status", "label", "setting", "seed", "rounds_completed", "final_rouge_l",
             "final_eval_loss", "final_train_loss", "error"]
 
@@ -269,6 +295,8 @@ def test_sweep_end_to_end_writes_tables(reference_sweep):
     trial = out / "trials" / "000-fed-plora-iid-lr=0.001-s0"  # the same files as a one-run folder
     assert (trial / "examples.parquet").is_file() and "baselines" in json.loads((trial / "summary.json").read_text())
     assert set(results["method.name"]) == {"fedplora", "fedit"} and set(results["train.lr"]) == {0.001}
+    packed = pd.read_csv(out / "trials" / "001-fedit-r-2-iid-lr=0.001-s0" / "clients.csv")  # 2 clients, one pack
+    assert packed["pack"].tolist() == [0, 0] * 3 and packed.groupby("round")["client"].is_monotonic_increasing.all()
     # files of the sweep folder and compact progress (one line per finished trial)
     assert (out / "sweep.yaml").is_file() and (out / "trials" / "000-fed-plora-iid-lr=0.001-s0" / "adapter").is_dir()
     done = [line for line in lines if line.startswith("[")]
@@ -387,6 +415,8 @@ def test_warm_trials_run_on_kept_workers_and_match_fresh_ones(reference_sweep, t
     ids = list(table["trial_id"])
     states = [_state(out, t) for t in ids]
     assert [s["warm_start"] for s in states] == [False, True]
+    assert [s["untrained_cached"] for s in states] == [False, True]  # one untrained model, evaluated once
+    assert len(list((out / "cache" / "untrained").glob("*.pkl"))) == 1
     for tid in ids:
         warm, cold = (pd.read_csv(d / "trials" / tid / "rounds.csv") for d in (out, reference_sweep[0]))
         metrics = [c for c in cold.columns if not c.startswith("t_")]

@@ -1,7 +1,8 @@
 """The ClientWorker: a Ray actor holding one resident base model and the federated data of a run.
 
 A worker builds its :class:`LocalTrainer` and the federated split once (deterministic from the run
-seed, so every worker of a run holds the same partition) and then runs any client's job on demand. Raw
+seed, so every worker of a run holds the same partition) and then runs any client's job on demand, or a
+pack of client jobs of one round at once on the same model (:meth:`ClientWorker.train_pack`). Raw
 examples never leave the worker: its methods return module specs, counts, metrics and ClientUpdates
 (adapter/head tensors only). After every job the worker hands the memory the job freed back to the
 OS (:mod:`workers.memory`), so its footprint does not grow with the clients it serves. The class is plain
@@ -149,6 +150,26 @@ class ClientWorker:
         finally:
             release_freed_memory()
 
+    def train_pack(self, starts: Sequence[ClientStart]) -> list[ClientUpdate]:
+        """Run the client jobs ``starts`` (one round's) at once on the one resident model; updates in their order.
+
+        Each start is prepared as :meth:`train` prepares it (fault injection, fold key of the unresolved
+        fold, its client's train split); the shared tensors of the whole pack are resolved together, so the
+        worker's cache keeps every object the pack names. The jobs run through
+        :func:`workers.packed_training.train_pack` (which names the pack's clients when it runs out of GPU memory).
+        """
+        from workers.packed_training import train_pack
+
+        for s in starts:
+            check_injected_fault(s.client_id, s.round)
+        keys = [self.shared.fold_key(s.fold) for s in starts]
+        resolved: list[ClientStart] = self.shared.resolve(list(starts))
+        examples = [self._client(s.client_id).train for s in resolved]
+        try:
+            return train_pack(self.trainer, resolved, examples, keys)
+        finally:
+            release_freed_memory()
+
     def evaluate(self, deltas: dict[str, Delta | Sequence[Delta]], head: dict[str, Tensor] | None = None,
                  client_id: int | None = None) -> dict[str, float]:
         """Metrics of ``W0 + deltas`` (+ head) on the global test set, or on ``client_id``'s local test split."""
@@ -179,6 +200,11 @@ class ClientWorker:
         if not 0 <= client_id < self.data.num_clients:
             raise ValueError(f"client_id={client_id} is out of range: the run has {self.data.num_clients} clients")
         return self.data.clients[client_id]
+
+
+def pack_label(client_ids: Sequence[int], round_idx: int) -> str:
+    """``"clients 0, 3 in round 2"``: a pack of client jobs in errors (``round_idx`` 0-based, shown 1-based)."""
+    return f"clients {', '.join(str(c) for c in client_ids)} in round {round_idx + 1}"
 
 
 def make_worker(resources: WorkerResources, model_cfg: ModelConfig, data_cfg: DataConfig,

@@ -17,14 +17,15 @@ and a pristine CPU copy of the original target weights ``W0: (d, k)``. Every job
    ``train.prox_mu > 0`` the loss adds FedProx's proximal term towards the start-of-job values.
 
 Every random stream (batch order, dropout) comes from ``start.seed``, so a job's result does not depend
-on which worker ran it or what it ran before.
+on which worker ran it or what it ran before. Several jobs of a round trained in one pass on this model:
+:mod:`workers.packed_training`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -73,6 +74,7 @@ class LocalTrainer:
         self._fold_key: str | None = None  # key of the shared fold the base weights hold (restore_and_fold)
         self.merged: set[str] = set()  # modules whose weight holds a dense fold (W != W0)
         self.fold_modes: dict[str, str] = {}  # the last fold's choice per module: "none", "dense" or "branch"
+        self.last_pack: Any = None  # the PackPlan of the last workers.packed_training.train_pack call
 
     def reset(self, cfg: TrainConfig, seed: int) -> None:
         """Serve another run on the same loaded model: its train options and the parameters drawn from ``seed``.
@@ -124,22 +126,12 @@ class LocalTrainer:
         if key is not None and key == self._fold_key:
             return
         self._fold_key = None
-        unknown = sorted(set(fold) - set(self.w0))
-        if unknown:
-            raise ValueError(f"fold names modules {unknown} that are not target modules of the model "
-                             f"(targets: {sorted(self.w0)[:4]}...)")
+        parts = self.split_fold(fold)
         for m, w0 in self.w0.items():
             layer = self.layers[m]
             if FOLD_ADAPTER in layer.lora_A:
                 layer.delete_adapter(FOLD_ADAPTER)
-            deltas = fold.get(m, ())
-            deltas = [deltas] if not isinstance(deltas, list | tuple) else list(deltas)
-            for delta in deltas:
-                if tuple(delta.shape) != tuple(w0.shape):
-                    raise ValueError(f"fold delta for {m} has shape {tuple(delta.shape)}, the module's "
-                                     f"weight is {tuple(w0.shape)}")
-            branch = [d for d in deltas if isinstance(d, LowRankDelta)] if self._branches(deltas, w0) else []
-            merge = [d for d in deltas if not any(d is b for b in branch)]
+            merge, branch = parts[m]
             weight = layer.get_base_layer().weight
             if merge:
                 total = w0.to(self.device, torch.float32, copy=True)  # copy: never touch the pristine W0
@@ -156,6 +148,27 @@ class LocalTrainer:
         self._fold_key = key
         self._activate()
 
+    def split_fold(self, fold: dict[str, Delta | Sequence[Delta]]) -> dict[str, tuple[list[Delta], list[LowRankDelta]]]:
+        """Per target module ``(merged, branch)``: the deltas merged into the weight and those run as the branch.
+
+        The choice of :meth:`restore_and_fold` (``train.fold``); modules without a delta get ``([], [])``.
+        """
+        unknown = sorted(set(fold) - set(self.w0))
+        if unknown:
+            raise ValueError(f"fold names modules {unknown} that are not target modules of the model "
+                             f"(targets: {sorted(self.w0)[:4]}...)")
+        parts: dict[str, tuple[list[Delta], list[LowRankDelta]]] = {}
+        for m, w0 in self.w0.items():
+            deltas = fold.get(m, ())
+            deltas = [deltas] if not isinstance(deltas, list | tuple) else list(deltas)
+            for delta in deltas:
+                if tuple(delta.shape) != tuple(w0.shape):
+                    raise ValueError(f"fold delta for {m} has shape {tuple(delta.shape)}, the module's "
+                                     f"weight is {tuple(w0.shape)}")
+            branch = [d for d in deltas if isinstance(d, LowRankDelta)] if self._branches(deltas, w0) else []
+            parts[m] = ([d for d in deltas if not any(d is b for b in branch)], branch)
+        return parts
+
     def _branches(self, deltas: list[Delta], w0: Tensor) -> bool:
         """Whether ``train.fold`` runs this module's low-rank deltas as a branch (see :meth:`restore_and_fold`)."""
         mode = self.cfg.fold
@@ -170,8 +183,7 @@ class LocalTrainer:
 
     def _add_fold_branch(self, layer: nn.Module, deltas: list[LowRankDelta]) -> None:
         """The frozen adapter ``x -> B (A x)`` with ``B A = sum_t s_t B_t A_t``, in float32, no dropout."""
-        B = torch.cat([_factor_on(d.B, self.device) * d.scale for d in deltas], 1).to(torch.float32)  # (d, r_f)
-        A = torch.cat([_factor_on(d.A, self.device) for d in deltas], 0).to(torch.float32)  # (r_f, k)
+        B, A = fold_branch_factors(deltas, self.device)
         r = A.shape[0]
         layer.update_layer(FOLD_ADAPTER, r, lora_alpha=r, config=LoraConfig(
             r=1, lora_alpha=1, lora_dropout=0.0, init_lora_weights=False, use_rslora=False))
@@ -191,6 +203,11 @@ class LocalTrainer:
     @torch.no_grad()
     def load_head(self, head: dict[str, Tensor] | None) -> None:
         """Copy ``head`` (else the model's initial seeded head) into the classification head."""
+        for name, value in self.head_values(head).items():
+            self._params[name].copy_(value)
+
+    def head_values(self, head: dict[str, Tensor] | None) -> dict[str, Tensor]:
+        """The head a job starts from: ``head`` over the model's initial head, checked against the head's shapes."""
         values = dict(self.head0)
         if head:
             unknown = sorted(set(head) - set(values))
@@ -201,7 +218,7 @@ class LocalTrainer:
             param = self._params[name]
             if tuple(value.shape) != tuple(param.shape):
                 raise ValueError(f"head.{name} has shape {tuple(value.shape)}, expected {tuple(param.shape)}")
-            param.copy_(value)
+        return values
 
     def clear_adapters(self) -> None:
         """Remove every named adapter: the model computes ``W0 + fold`` only (merged weights, fold branch)."""
@@ -217,16 +234,9 @@ class LocalTrainer:
         self.clear_adapters()
         config = LoraConfig(r=1, lora_alpha=1, lora_dropout=self.cfg.lora_dropout, init_lora_weights=False,
                             use_rslora=False)
+        self.check_adapters(start)
         for name, per_module in start.adapters.items():
-            unknown = sorted(set(per_module) - set(self.w0))
-            if unknown:
-                raise ValueError(f"client {start.client_id}: adapter {name!r} names modules {unknown} that "
-                                 f"are not target modules of the model")
             for m, init in per_module.items():
-                d, k = self.w0[m].shape
-                if init.B.shape[0] != d or init.A.shape[1] != k:
-                    raise ValueError(f"client {start.client_id}: adapter {name!r} on {m}: B {tuple(init.B.shape)}"
-                                     f" / A {tuple(init.A.shape)} do not fit the weight ({d}, {k})")
                 layer = self.layers[m]
                 r = init.rank
                 layer.update_layer(name, r, lora_alpha=init.scale * r, config=config)
@@ -238,6 +248,19 @@ class LocalTrainer:
         self.adapter_names = tuple(start.adapters)
         self._activate()
 
+    def check_adapters(self, start: ClientStart) -> None:
+        """Every adapter of ``start`` sits on target modules with factors that fit the module's weight."""
+        for name, per_module in start.adapters.items():
+            unknown = sorted(set(per_module) - set(self.w0))
+            if unknown:
+                raise ValueError(f"client {start.client_id}: adapter {name!r} names modules {unknown} that "
+                                 f"are not target modules of the model")
+            for m, init in per_module.items():
+                d, k = self.w0[m].shape
+                if init.B.shape[0] != d or init.A.shape[1] != k:
+                    raise ValueError(f"client {start.client_id}: adapter {name!r} on {m}: B {tuple(init.B.shape)}"
+                                     f" / A {tuple(init.A.shape)} do not fit the weight ({d}, {k})")
+
     def prepare(self, start: ClientStart, fold_key: str | None = None) -> None:
         """Put the model in the start-of-round state of ``start`` (no training, everything frozen)."""
         self.restore_and_fold(start.fold, fold_key)
@@ -246,10 +269,7 @@ class LocalTrainer:
 
     def set_trainable(self, start: ClientStart, train: Sequence[str]) -> list[nn.Parameter]:
         """Make the factors of the adapters in ``train`` (per train_A/train_B) and the head trainable."""
-        unknown = sorted(set(train) - set(start.adapters))
-        if unknown:
-            raise ValueError(f"client {start.client_id}: a local stage trains adapters {unknown} that the "
-                             f"start does not define ({sorted(start.adapters)})")
+        check_stage(start, train)
         self.model.requires_grad_(False)
         params: list[nn.Parameter] = []
         for name in train:
@@ -270,7 +290,7 @@ class LocalTrainer:
         """``{adapter: {module: (B, A)}}`` as detached contiguous CPU float32 clones."""
         out: dict[str, dict[str, tuple[Tensor, Tensor]]] = {}
         for name, per_module in start.adapters.items():
-            out[name] = {m: (_cpu(self.layers[m].lora_B[name].weight), _cpu(self.layers[m].lora_A[name].weight))
+            out[name] = {m: (cpu_copy(self.layers[m].lora_B[name].weight), cpu_copy(self.layers[m].lora_A[name].weight))
                          for m in per_module}
         return out
 
@@ -300,7 +320,7 @@ class LocalTrainer:
         all_params: dict[int, nn.Parameter] = {}
         for stage in start.stages:
             all_params.update({id(p): p for p in self.set_trainable(start, stage.train)})
-        optimizer = self._optimizer(list(all_params.values()))
+        optimizer = self.new_optimizer(list(all_params.values()))
         scaler = precision.grad_scaler(self.cfg.autocast, self.device)
         anchors = start_values(all_params.values()) if self.cfg.prox_mu > 0 else None
         batches = batch_indices(n, self.cfg.batch_size, order)
@@ -342,7 +362,8 @@ class LocalTrainer:
         """The forward-pass precision context of ``train.autocast`` (:mod:`workers.precision`)."""
         return precision.autocast(self.cfg.autocast, self.device)
 
-    def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    def new_optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """A fresh ``train.optimizer`` (AdamW or SGD with the train options) over ``params``."""
         if not params:
             params = [nn.Parameter(torch.zeros(1))]  # nothing trainable: a no-op optimizer keeps the loop simple
         if self.cfg.optimizer == "sgd":
@@ -351,22 +372,22 @@ class LocalTrainer:
         return torch.optim.AdamW(params, lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
 
     def penalty(self, penalty: TailPenalty) -> Tensor:
-        """HETLoRA's ``lam * sum_m ||B_m[:, s_m:]||_F * ||A_m[s_m:, :]||_F`` on ``penalty.adapter``."""
-        total = torch.zeros((), device=self.device)
-        for m, s in penalty.start.items():
+        """HETLoRA's tail penalty (:func:`tail_penalty`) on the model's adapter ``penalty.adapter``."""
+        def factors(m: str) -> tuple[Tensor, Tensor] | None:
             layer = self.layers[m]
             if penalty.adapter not in layer.lora_A:
-                raise ValueError(f"TailPenalty names adapter {penalty.adapter!r}, absent on module {m}")
-            B = layer.lora_B[penalty.adapter].weight  # (d, r)
-            A = layer.lora_A[penalty.adapter].weight  # (r, k)
-            if s < A.shape[0]:
-                total = total + torch.linalg.norm(B[:, s:]) * torch.linalg.norm(A[s:, :])
-        return penalty.lam * total
+                return None
+            return layer.lora_B[penalty.adapter].weight, layer.lora_A[penalty.adapter].weight
+
+        return tail_penalty(penalty, factors, self.device)
 
     def loss(self, batch: dict[str, Tensor]) -> Tensor:
         """Mean cross-entropy of the head (classification) or of the target tokens (causal LM)."""
         labels = batch.pop("labels")
-        logits = self.model(**batch).logits
+        return self.task_loss(self.model(**batch).logits, labels)
+
+    def task_loss(self, logits: Tensor, labels: Tensor) -> Tensor:
+        """:meth:`loss` of given logits: the batch's mean over its examples (classification) or target tokens."""
         if self.task == "classification":
             return F.cross_entropy(logits.float(), labels)
         # next-token loss: position t predicts token t + 1; prompt and padding are IGNORE_INDEX
@@ -445,6 +466,31 @@ def token_lengths(tokenizer: Any, examples: Sequence[Any], task: str) -> list[in
     return [len(p) + len(t) + 1 for p, t in zip(prompts, targets)]
 
 
+def check_stage(start: ClientStart, train: Sequence[str]) -> None:
+    """A local stage trains adapters the start defines."""
+    unknown = sorted(set(train) - set(start.adapters))
+    if unknown:
+        raise ValueError(f"client {start.client_id}: a local stage trains adapters {unknown} that the "
+                         f"start does not define ({sorted(start.adapters)})")
+
+
+def tail_penalty(penalty: TailPenalty, factors: Callable[[str], tuple[Tensor, Tensor] | None],
+                 device: torch.device) -> Tensor:
+    """HETLoRA's ``lam * sum_m ||B_m[:, s_m:]||_F * ||A_m[s_m:, :]||_F``; ``factors(m)`` gives ``(B, A)`` or None.
+
+    Cho et al., HetLoRA (EMNLP 2024), sec. 3: ``s_m = penalty.start[m]``; a module whose tail is empty adds 0.
+    """
+    total = torch.zeros((), device=device)
+    for m, s in penalty.start.items():
+        found = factors(m)
+        if found is None:
+            raise ValueError(f"TailPenalty names adapter {penalty.adapter!r}, absent on module {m}")
+        B, A = found  # (d, r), (r, k)
+        if s < A.shape[0]:
+            total = total + torch.linalg.norm(B[:, s:]) * torch.linalg.norm(A[s:, :])
+    return penalty.lam * total
+
+
 def batch_indices(n: int, batch_size: int, gen: torch.Generator) -> Iterator[list[int]]:
     """Endless batches of example indices: successive seeded permutations, the last batch of each may be short."""
     while n > 0:
@@ -487,10 +533,18 @@ def _dense_on(delta: Delta, device: torch.device) -> Tensor:
     return delta.dense().to(device, torch.float32)
 
 
+def fold_branch_factors(deltas: Sequence[LowRankDelta], device: torch.device) -> tuple[Tensor, Tensor]:
+    """``B = [s_1 B_1 ... s_T B_T]: (d, r_f)`` and ``A = [A_1; ...; A_T]: (r_f, k)`` in float32 on ``device``."""
+    B = torch.cat([_factor_on(d.B, device) * d.scale for d in deltas], 1).to(torch.float32)
+    A = torch.cat([_factor_on(d.A, device) for d in deltas], 0).to(torch.float32)
+    return B, A
+
+
 def _factor_on(t: Tensor, device: torch.device) -> Tensor:
     """A fold factor on ``device`` in its own precision, at least float32 (float64 stays until the cast)."""
     return t.to(device, torch.promote_types(t.dtype, torch.float32))
 
 
-def _cpu(t: Tensor) -> Tensor:
+def cpu_copy(t: Tensor) -> Tensor:
+    """A detached contiguous CPU float32 clone (what an update ships)."""
     return t.detach().to("cpu", torch.float32).contiguous().clone()

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
-from core.validation import is_number
+from core.validation import check_int, is_number
 
 DEVICES = ("auto", "cuda", "cpu")
 _EPS = 1e-9
@@ -34,12 +34,18 @@ class ResourceConfig:
     on busy cores torch's threads wait on each other and the metrics get many times slower
     (``benchmarks/results/scale.md``), hence the default 1. The server's aggregation keeps the driver's own
     thread count, so the state's rounding never depends on this setting.
+    ``clients_per_worker``: ``k`` client jobs of a round trained at once by one worker on its one copy of
+    the base model (packed jobs: :meth:`workers.actor.ClientWorker.train_pack`); the round's clients, in
+    client-id order, are cut into consecutive packs of ``k`` (``orchestrator.driver.client_jobs``). Unlike
+    the other options it can change results (packed arithmetic differs at float rounding), so a value other
+    than 1 enters the config fingerprint; 1 (the default) is one job per client.
     """
 
     device: Literal["auto", "cuda", "cpu"] = "auto"
     num_workers: int = 2
     gpus_per_worker: float | None = None
     cpus_per_worker: float = 1.0
+    clients_per_worker: int = 1
     metrics_threads: int = 1
 
     def __post_init__(self) -> None:
@@ -53,10 +59,13 @@ class ResourceConfig:
                 raise ValueError(f"resources.gpus_per_worker={g!r} must be in (0, 1] or a whole number")
         if not (is_number(self.cpus_per_worker) and self.cpus_per_worker > 0):
             raise ValueError(f"resources.cpus_per_worker={self.cpus_per_worker!r} must be a number > 0")
-        if isinstance(self.metrics_threads, bool) or not isinstance(self.metrics_threads, int) \
-                or self.metrics_threads < 0:
-            raise ValueError(f"resources.metrics_threads={self.metrics_threads!r} must be an integer >= 0 "
-                             "(0: every CPU of the driver's process)")
+        check_int("resources.clients_per_worker", self.clients_per_worker, 1)
+        check_int("resources.metrics_threads", self.metrics_threads, 0)
+
+
+# The options that only size and place the pool (and the driver's metric threads): no training result depends on
+# them (``clients_per_worker`` can).
+PLACEMENT_KEYS = ("device", "num_workers", "gpus_per_worker", "cpus_per_worker", "metrics_threads")
 
 
 @dataclass(frozen=True)
