@@ -28,7 +28,9 @@ FLoRA's fresh adapters) holds no Gram row. Only a dense delta that does not canc
 aggregation noise: ``dW_old`` and ``dW_new`` are different dense tensors) is summed densely, one block of rows
 at a time (:func:`~orchestrator.linalg.frobenius_of_sum`); in a round, :func:`noise_metrics` takes those two
 from the aggregation itself, which forms the ideal as its float64 ``dW`` and measures what storing it in float32
-loses (``Aggregation.info["agg_noise"]``), so no second dense ``d x k`` product is formed. The global delta is
+loses (``Aggregation.info["agg_noise"]``), so no second dense ``d x k`` product is formed; FlexLoRA, whose
+aggregation noise is only the float32 rounding of the SVD factors it stores, reports it the same way (a sum that
+cancels to rounding would otherwise need the QR fallback on every module). The global delta is
 the method's ``global_terms`` (FedEx-LoRA: ``dW`` and ``s B A`` as held, so a client starting from them has exactly zero
 init noise). In the parameter-space noise, clients whose adapters hold the global factors themselves, slot for
 slot, are exactly zero without arithmetic, and clients sharing one adapter's tensors are computed once.
@@ -218,8 +220,9 @@ def noise_metrics(method: Any, old_state: Any, starts: list[ClientStart], agg: A
     ``method`` is a :class:`~orchestrator.methods.base.FederatedMethod`, ``old_state`` the state the round
     started from and ``agg`` its :class:`~orchestrator.state.Aggregation`. The aggregation noise uses the
     updates as the server aggregated them (``agg.used``, e.g. HETLoRA's pruned adapters), not as uploaded. A
-    method whose aggregation forms the ideal densely in float64 (FLoRA, FedEx-LoRA) reports the aggregation
-    noise per module in ``agg.info["agg_noise"]`` (the float32 rounding of its new ``dW``), used as is.
+    method whose aggregation holds the ideal exactly in float64 (FLoRA's and FedEx-LoRA's dense ``dW``,
+    FlexLoRA's SVD) reports the aggregation noise per module in ``agg.info["agg_noise"]`` (the float32
+    rounding of what it stores), used as is.
     """
     glob, factors = method.global_terms(old_state), method.global_factors(old_state)
     out = {"init_noise_fn": sum(init_noise_functions(glob, starts))}
