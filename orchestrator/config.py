@@ -114,10 +114,13 @@ class RunConfig:
         ``plugins`` never counts: a method is known by its ``method.name``, wherever its file lives.
         ``resources.clients_per_worker`` counts when it is not 1, also with ``resources`` excluded (packed
         training changes results at float rounding); at 1 it is left out, so older runs keep their hash.
+        ``resources.metrics_threads`` never counts.
         """
         d = {k: v for k, v in self.to_dict().items() if k not in (*exclude, "plugins", "logging")}
         if not self.system.active:  # the section at its defaults changes nothing: older runs keep their hash
             d.pop("system", None)
+        if "resources" in d:  # the driver's metric threads never change what a run trains
+            d["resources"].pop("metrics_threads")
         packing = self.resources.clients_per_worker
         if "resources" in d and packing == 1:
             d["resources"].pop("clients_per_worker")

@@ -350,3 +350,11 @@ def test_svd_rounding_noise_equals_the_dense_difference():
     dense = float((US @ Vh - B.double() @ A.double()).norm())
     assert svd_rounding_noise(US, Vh, B, A) == pytest.approx(dense, rel=1e-6) and dense > 0
     assert svd_rounding_noise(US, Vh, US, Vh) == 0.0  # nothing rounded
+
+
+def test_metrics_threads_never_changes_the_fingerprint():
+    from orchestrator.config import RunConfig, load_config
+
+    every_cpu = load_config(None, ["resources.metrics_threads=0"])
+    for exclude in ((), ("rounds",)):
+        assert every_cpu.fingerprint(exclude) == RunConfig().fingerprint(exclude)
