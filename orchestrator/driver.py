@@ -293,7 +293,7 @@ class Driver:
         personal = self._personal_deltas(state)
         if nonzero_deltas(self.method.global_delta(state)) or any(nonzero_deltas(p) for _, p in personal):
             return None
-        return untrained_key(self.cfg, state.head(), [c for c, _ in personal])
+        return untrained_key(self.cfg, state.head(), [c for c, _ in personal], self.resources.device)
 
     def _initial_state(self) -> GlobalState:
         return self.state if self.round == 0 else self.method.init_global(self.initial_head)

@@ -8,7 +8,8 @@ every method), and :func:`untrained_key` names what the evaluation depends on:
 
 - the model, data and seed sections of the config (the weights, the head, the test set and its tokenisation),
 - the evaluation options of ``train`` (``eval_batch_size``, ``max_new_tokens``, ``autocast``),
-- the initial head's values and the clients that get a personalized evaluation.
+- the initial head's values and the clients that get a personalized evaluation,
+- the device kind the workers evaluate on (``cpu`` / ``cuda``: their kernels round differently).
 
 Not the method, the ranks, the number of workers (an evaluation's shards are whole batches, so its results
 do not depend on the split: ``workers.eval_results``) or the training options. A state with a non-zero
@@ -70,16 +71,18 @@ def tensor_digest(tensors: Mapping[str, Tensor] | None) -> str:
     return h.hexdigest()
 
 
-def untrained_key(cfg: Any, head: Mapping[str, Tensor] | None, personal_clients: Sequence[int]) -> str:
+def untrained_key(cfg: Any, head: Mapping[str, Tensor] | None, personal_clients: Sequence[int],
+                  device: str = "cpu") -> str:
     """The cache key of a round-0 evaluation whose deltas are all zero (see the module docstring).
 
     ``cfg``: the run's :class:`orchestrator.config.RunConfig`; ``head``: the head it evaluates (``None`` for a
-    causal LM); ``personal_clients``: the clients evaluated on their own test split.
+    causal LM); ``personal_clients``: the clients evaluated on their own test split; ``device``: where the
+    workers run (``workers.resources.WorkerResources.device``).
     """
     train = dataclasses.asdict(cfg.train)
     parts = {"format": FORMAT, "model": dataclasses.asdict(cfg.model), "data": dataclasses.asdict(cfg.data),
              "seed": int(cfg.seed), "eval": {k: train[k] for k in EVAL_TRAIN_FIELDS},
-             "head": tensor_digest(head), "personal": sorted(int(c) for c in personal_clients)}
+             "head": tensor_digest(head), "personal": sorted(int(c) for c in personal_clients), "device": device}
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 

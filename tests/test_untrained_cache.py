@@ -1,4 +1,4 @@
-"""The untrained model's evaluation: zero deltas dropped, the key, the shared cache, and its use in runs."""
+"""The untrained model's evaluation: zero deltas dropped, the key and the shared cache."""
 
 import dataclasses
 import pickle
@@ -57,6 +57,7 @@ def test_key_depends_on_what_the_evaluation_depends_on_only():
     assert untrained_key(cfg, {"w": torch.ones(2, 3) * 2}, []) != key
     assert untrained_key(cfg, None, []) != key
     assert untrained_key(cfg, head, [0, 2]) != key
+    assert untrained_key(cfg, head, [], "cuda") != key == untrained_key(cfg, head, [], "cpu")
     assert untrained_key(dataclasses.replace(cfg), head, []) == key
 
 
