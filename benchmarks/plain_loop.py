@@ -13,8 +13,6 @@ client's seed), tokenized per batch, ``model(**batch, labels=...).loss``, AdamW.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import torch
 
@@ -24,6 +22,7 @@ from orchestrator.config import RunConfig
 from orchestrator.methods import build_method
 from orchestrator.ranks import assign_ranks
 from workers.local_training import batch_indices
+from workers.resources import torch_threads
 
 
 def train_steps(model, tokenizer, params: list, examples: list, cfg: RunConfig, seed: int) -> list[float]:
@@ -244,14 +243,3 @@ class PlainFederatedLoop(TimedRounds):
     def finish(self) -> dict:
         self.t_finish = self.t_close = 0.0
         return {}
-
-
-@contextmanager
-def torch_threads(n: int) -> Iterator[None]:
-    """Temporarily set torch's intra-op threads (process-wide)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
