@@ -29,6 +29,7 @@ from typing import Any
 import ray
 import torch
 
+from core.naming import pack_label
 from core.plugins import load_plugins
 from core.rng import generator
 from core.wire import ClientStart, ClientUpdate
@@ -41,7 +42,7 @@ from orchestrator.ranks import assign_ranks
 from orchestrator.state import GlobalState
 from orchestrator.system_model import RoundPlan, SystemModel, job_work
 from orchestrator.untrained_cache import nonzero_deltas, untrained_key
-from workers.actor import make_worker, pack_label
+from workers.actor import make_worker
 from workers.eval_results import combine, example_rows, shard_ranges
 from workers.resources import resolve_resources, torch_threads
 

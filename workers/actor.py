@@ -202,11 +202,6 @@ class ClientWorker:
         return self.data.clients[client_id]
 
 
-def pack_label(client_ids: Sequence[int], round_idx: int) -> str:
-    """``"clients 0, 3 in round 2"``: a pack of client jobs in errors (``round_idx`` 0-based, shown 1-based)."""
-    return f"clients {', '.join(str(c) for c in client_ids)} in round {round_idx + 1}"
-
-
 def make_worker(resources: WorkerResources, model_cfg: ModelConfig, data_cfg: DataConfig,
                 train_cfg: TrainConfig, seed: int, data: FederatedData | None = None, **options: Any):
     """A ClientWorker Ray actor with ``resources``' CPU/GPU (``num_gpus`` explicit, 0 on the CPU).

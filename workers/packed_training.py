@@ -79,6 +79,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core.naming import pack_label
 from core.rng import derive_seed
 from core.wire import ClientStart, ClientUpdate, Delta, DenseDelta, LowRankDelta
 from workers import precision
@@ -405,14 +406,12 @@ class _PackedJob:
         self.heads: list[tuple[int, int, dict[str, Tensor]]] = []
 
     def run(self) -> list[ClientUpdate]:
-        ids = [s.client_id for s in self.starts]
         t0 = time.perf_counter()
         try:
             return self._run(t0)
         except precision.oom_types() as err:
-            clients = ", ".join(str(c) for c in ids)
-            raise precision.out_of_memory(f"the pack of clients {clients} in round {self.starts[0].round + 1}",
-                                          self.trainer.device) from err
+            label = pack_label([s.client_id for s in self.starts], self.starts[0].round)
+            raise precision.out_of_memory(f"the pack of {label}", self.trainer.device) from err
 
     def _run(self, t0: float) -> list[ClientUpdate]:
         trainer = self.trainer
